@@ -1,0 +1,47 @@
+"""Hydra/OmegaConf plumbing: where configs live, resolvers, and up-front override checks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from fst.errors import FstError
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT_DIR / "configs"
+
+_GROUP_OVERRIDE = re.compile(r"^[+~]*(?P<group>[a-z_]+)=(?P<values>[^=]*)$")
+
+
+def register_resolvers() -> None:
+    """``${fst_root:}``: the project root, so configs can name bundled assets portably."""
+    if not OmegaConf.has_resolver("fst_root"):
+        OmegaConf.register_new_resolver("fst_root", lambda: str(ROOT_DIR))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(argv: Sequence[str]) -> None:
+    """Fail fast, in one line, on ``group=name`` overrides that name no config.
+
+    Hydra's own message for this spans several lines and hides the useful hint
+    (how to train on a painting of your own).
+    """
+    for arg in argv:
+        match = _GROUP_OVERRIDE.match(arg)
+        if not match or not (CONFIG_DIR / match["group"]).is_dir():
+            continue
+        group = match["group"]
+        values = re.sub(r"^\w+\((.*)\)$", r"\1", match["values"])  # choice(a,b) sweep syntax
+        for value in filter(None, (v.strip() for v in values.split(","))):
+            if value != "null" and not (CONFIG_DIR / group / f"{value}.yaml").is_file():
+                hint = " (or keep the default and set style.image=/path/to/painting.jpg style.name=NAME)"
+                raise FstError(
+                    f"unknown {group} '{value}': choose one of {', '.join(group_options(group))}"
+                    + (hint if group == "style" else "")
+                )

@@ -1,0 +1,1 @@
+"""Training data: photo folders now, webdataset shards for COCO at scale."""

@@ -1,0 +1,104 @@
+"""Training entry point: ``python -m fst.train [group=option ...] [key=value ...]``.
+
+Only composes and wires; the pieces live in fst.transformer_net, fst.losses,
+fst.data, fst.module and fst.callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from fst.config import CONFIG_DIR, check_group_overrides, register_resolvers
+from fst.errors import FstError
+from fst.losses import PerceptualLoss
+from fst.module import StyleTransferModule
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def build_loss(cfg: DictConfig) -> PerceptualLoss:
+    style_image = Path(str(cfg.style.image)).expanduser()
+    if not style_image.is_file():
+        raise FstError(f"style.image={cfg.style.image}: no such file")
+    return PerceptualLoss(
+        style_image=style_image,
+        style_size=cfg.style.size,
+        content_layers=list(cfg.loss.content_layers),
+        style_layers=dict(cfg.loss.style_layers),
+        content_weight=cfg.loss.content_weight,
+        style_weight=cfg.loss.style_weight,
+        tv_weight=cfg.loss.tv_weight,
+        vgg_weights=str(cfg.loss.vgg.weights),
+    )
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+    """Train one style network as configured; returns the output dir, model path and final losses.
+
+    ``extra_callbacks`` are added to the configured ones (programmatic use, tests).
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")  # surfaces data errors before the loss network is loaded
+    module = StyleTransferModule(
+        net=hydra.utils.instantiate(cfg.model.net),
+        loss=build_loss(cfg),
+        lr=cfg.model.lr,
+        scheduler=OmegaConf.to_container(cfg.model.scheduler, resolve=True) if cfg.model.scheduler else None,
+        channels_last=cfg.model.channels_last,
+        compile=cfg.model.compile,
+        style_name=cfg.style.name,
+    )
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += list(extra_callbacks)
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    exported = next((c.written for c in callbacks if getattr(c, "written", None)), None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    return {"output_dir": str(output_dir), "model_path": str(exported) if exported else None, "metrics": metrics}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        result = train(cfg)
+    except FstError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # let the sweep record this job as failed and go on
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if result["model_path"]:
+        print(f"model: {result['model_path']}")
+    return result["metrics"].get("train/total")
+
+
+def main() -> None:
+    try:
+        check_group_overrides(sys.argv[1:])
+    except FstError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Image transformation network of Johnson et al. (2016), "Perceptual Losses for
+Real-Time Style Transfer and Super-Resolution", with the usual modern fixes:
+instance norm instead of batch norm (Ulyanov et al. 2016), reflection padding
+instead of zero padding, and resize-convolution upsampling (Odena et al. 2016)
+to avoid the checkerboard artefacts of transposed convolutions.
+
+Layout (``width`` = 32, ``num_residual`` = 5 gives Johnson's network):
+c9s1-32, d64, d128, 5 x R128, u64, u32, c9s1-3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UPSAMPLE_MODES = ("resize_conv", "transposed")
+OUTPUT_HEADS = ("none", "clamp", "tanh")
+
+
+@dataclass(frozen=True)
+class TransformerNetConfig:
+    """Architecture of a :class:`TransformerNet`; stored in every exported model file."""
+
+    width: int = 32
+    num_residual: int = 5
+    upsample: str = "resize_conv"
+    output_head: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
+        if self.output_head not in OUTPUT_HEADS:
+            raise ValueError(f"model.output_head must be one of {OUTPUT_HEADS}, got {self.output_head!r}")
+        if self.width < 1 or self.num_residual < 0:
+            raise ValueError(f"model.width must be >= 1 and model.num_residual >= 0, got {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ConvNormAct(nn.Module):
+    """Reflection-padded conv, affine instance norm, optional ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, relu: bool = True) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(kernel // 2)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride)
+        self.norm = nn.InstanceNorm2d(c_out, affine=True)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(self.pad(x)))
+        return F.relu(x) if self.relu else x
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv + instance norm layers with an identity skip (He et al. 2016)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block1 = ConvNormAct(channels, channels, 3)
+        self.block2 = ConvNormAct(channels, channels, 3, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block2(self.block1(x))
+
+
+class UpsampleBlock(nn.Module):
+    """x2 upsampling to an exact target size, then instance norm + ReLU.
+
+    The target size is the size of the matching encoder feature map, so the
+    decoder undoes the encoder exactly for any input size, odd ones included.
+    """
+
+    def __init__(self, c_in: int, c_out: int, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "resize_conv":
+            self.pad = nn.ReflectionPad2d(1)
+            self.conv = nn.Conv2d(c_in, c_out, 3)
+        else:
+            self.conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1)
+        self.norm = nn.InstanceNorm2d(c_out, affine=True)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.mode == "resize_conv":
+            x = self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
+        else:
+            x = self.conv(x, output_size=size)
+        return F.relu(self.norm(x))
+
+
+class TransformerNet(nn.Module):
+    """Feed-forward style network: RGB image in [0, 1] -> stylized RGB image of the same size."""
+
+    def __init__(self, config: TransformerNetConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = config if config is not None else TransformerNetConfig(**kwargs)
+        w = self.config.width
+        self.enc1 = ConvNormAct(3, w, 9)
+        self.enc2 = ConvNormAct(w, 2 * w, 3, stride=2)
+        self.enc3 = ConvNormAct(2 * w, 4 * w, 3, stride=2)
+        self.residuals = nn.Sequential(*[ResidualBlock(4 * w) for _ in range(self.config.num_residual)])
+        self.up1 = UpsampleBlock(4 * w, 2 * w, self.config.upsample)
+        self.up2 = UpsampleBlock(2 * w, w, self.config.upsample)
+        self.pad_out = nn.ReflectionPad2d(4)
+        self.conv_out = nn.Conv2d(w, 3, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = x.shape[-2:]
+        h1 = self.enc1(x)
+        h2 = self.enc2(h1)
+        h = self.residuals(self.enc3(h2))
+        h = self.up1(h, h2.shape[-2:])
+        h = self.up2(h, full)
+        return apply_output_head(self.conv_out(self.pad_out(h)), self.config.output_head)
+
+
+def apply_output_head(y: torch.Tensor, head: str) -> torch.Tensor:
+    """Map raw network output to the [0, 1] image range the loss network expects."""
+    if head == "clamp":
+        return y.clamp(0.0, 1.0)
+    if head == "tanh":
+        # Johnson's scaled tanh, expressed for [0, 1] images instead of 0-255.
+        return 0.5 * (torch.tanh(y) + 1.0)
+    return y

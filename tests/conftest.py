@@ -1,0 +1,64 @@
+"""Shared fixtures: the real Hydra configs, composed and shrunk for CPU tests."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from fst.config import CONFIG_DIR, ROOT_DIR, register_resolvers
+
+ASSETS = ROOT_DIR / "assets"
+TRAIN_PHOTOS = ASSETS / "photos" / "train"
+VAL_PHOTOS = ASSETS / "photos" / "val"
+
+# Small enough for 2 CPU cores, large enough that every part runs for real.
+TINY = [
+    "trainer=cpu",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.image_size=48",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.val_count=2",
+    "data.val_size=48",
+    "model.net.width=8",
+    "model.net.num_residual=1",
+    "style.size=96",
+]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose(overrides) of configs/train.yaml with the TINY shrink and an output dir in tmp_path."""
+    register_resolvers()
+
+    def _compose(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[*TINY, *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir or tmp_path / "run")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A folder of 4 real photos (4 = two batches of 2: one epoch ends every 2 steps)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted((TRAIN_PHOTOS / "coco").glob("*.jpg"))[:4]:
+        shutil.copy(src, folder / src.name)
+    return folder

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from fst.transformer_net import TransformerNet, TransformerNetConfig
+
+
+@pytest.mark.parametrize("upsample", ["resize_conv", "transposed"])
+@pytest.mark.parametrize("hw", [(64, 64), (65, 67), (33, 101), (17, 9), (255, 130)])
+def test_output_size_equals_input_size(upsample: str, hw: tuple[int, int]) -> None:
+    net = TransformerNet(width=8, num_residual=2, upsample=upsample)
+    assert net(torch.rand(2, 3, *hw)).shape == (2, 3, *hw)
+
+
+def test_default_is_johnson_architecture() -> None:
+    net = TransformerNet()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    # c9s1-32, d64, d128, 5 residual blocks x 2 convs, u64, u32, c9s1-3
+    assert [c.out_channels for c in convs] == [32, 64, 128] + [128] * 10 + [64, 32, 3]
+    assert [c.kernel_size[0] for c in convs] == [9, 3, 3] + [3] * 10 + [3, 3, 9]
+    assert [c.stride[0] for c in convs] == [1, 2, 2] + [1] * 13
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert len(norms) == 15 and all(n.affine for n in norms)
+    assert any(isinstance(m, torch.nn.ReflectionPad2d) for m in net.modules())
+
+
+def test_width_and_residual_count_configurable() -> None:
+    net = TransformerNet(width=16, num_residual=3)
+    assert len(net.residuals) == 3
+    assert net.enc3.conv.out_channels == 64
+
+
+@pytest.mark.parametrize("head,low,high", [("tanh", 0.0, 1.0), ("clamp", 0.0, 1.0)])
+def test_output_heads_bound_the_range(head: str, low: float, high: float) -> None:
+    torch.manual_seed(0)
+    net = TransformerNet(width=8, num_residual=1, output_head=head)
+    with torch.no_grad():
+        net.conv_out.bias.fill_(5.0)  # push raw output far outside [0, 1]
+        y = net(torch.rand(1, 3, 32, 32))
+    assert y.min() >= low and y.max() <= high
+
+
+def test_no_head_is_unbounded() -> None:
+    net = TransformerNet(width=8, num_residual=1, output_head="none")
+    with torch.no_grad():
+        net.conv_out.bias.fill_(5.0)
+        assert net(torch.rand(1, 3, 32, 32)).max() > 1.0
+
+
+def test_bad_config_values_are_named() -> None:
+    with pytest.raises(ValueError, match="model.upsample"):
+        TransformerNetConfig(upsample="bicubic")
+    with pytest.raises(ValueError, match="model.output_head"):
+        TransformerNetConfig(output_head="sigmoid")
+
+
+def test_channels_last_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    net = TransformerNet(width=8, num_residual=1)
+    x = torch.rand(2, 3, 40, 48)
+    with torch.no_grad():
+        ref = net(x)
+        net_cl = net.to(memory_format=torch.channels_last)
+        out = net_cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
