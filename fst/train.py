@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fst.config import CONFIG_DIR, check_group_overrides, register_resolvers
+from fst.config import CONFIG_DIR, check_group_overrides, quote_braced_values, register_resolvers
 from fst.errors import FstError
 from fst.losses import PerceptualLoss
 from fst.module import StyleTransferModule
@@ -27,12 +27,16 @@ log = logging.getLogger(__name__)
 register_resolvers()
 
 
-def build_loss(cfg: DictConfig) -> PerceptualLoss:
-    style_image = Path(str(cfg.style.image)).expanduser()
-    if not style_image.is_file():
+def style_image_path(cfg: DictConfig) -> Path:
+    path = Path(str(cfg.style.image)).expanduser()
+    if not path.is_file():
         raise FstError(f"style.image={cfg.style.image}: no such file")
+    return path
+
+
+def build_loss(cfg: DictConfig) -> PerceptualLoss:
     return PerceptualLoss(
-        style_image=style_image,
+        style_image=style_image_path(cfg),
         style_size=cfg.style.size,
         content_layers=list(cfg.loss.content_layers),
         style_layers=dict(cfg.loss.style_layers),
@@ -50,6 +54,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
     """
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    style_image_path(cfg)  # cheap checks first: a typo should not wait for data or VGG
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors before the loss network is loaded
@@ -92,6 +97,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    # In place: Lightning's DDP launcher re-runs sys.argv for the other ranks.
+    sys.argv[1:] = quote_braced_values(sys.argv[1:])
     try:
         check_group_overrides(sys.argv[1:])
     except FstError as exc:

@@ -22,17 +22,17 @@ def test_overfits_one_fixed_batch(compose_cfg, photo_dir: Path) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    module = StyleTransferModule(net=instantiate(cfg.model.net), loss=build_loss(cfg), lr=1e-2)
+    module = StyleTransferModule(net=instantiate(cfg.model.net), loss=build_loss(cfg), lr=1e-3)
     optimizer = module.configure_optimizers()
     losses = []
-    for _ in range(40):
+    for _ in range(30):
         optimizer.zero_grad()
         photos = module._layout(batch)
         terms = module.loss(module.net(photos), photos)
         terms["total"].backward()
         optimizer.step()
         losses.append(terms["total"].item())
-    # Stated factor: 40 Adam steps on one fixed batch cut the perceptual loss at least 3x.
+    # Stated factor: 30 Adam steps (lr 1e-3) on one fixed batch cut the perceptual loss at least 3x.
     assert losses[-1] < losses[0] / 3, losses
 
 
