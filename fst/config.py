@@ -45,3 +45,22 @@ def check_group_overrides(argv: Sequence[str]) -> None:
                     f"unknown {group} '{value}': choose one of {', '.join(group_options(group))}"
                     + (hint if group == "style" else "")
                 )
+
+
+_BRACED_VALUE = re.compile(r"^(?P<key>[+~]*[\w.@/-]+)=(?P<value>[^'\"{\[].*[{}].*)$")
+
+
+def quote_braced_values(argv: Sequence[str]) -> list[str]:
+    """``data.shards=/d/train-{000000..000118}.tar`` -> ``data.shards='/d/train-{...}.tar'``.
+
+    Hydra's override grammar rejects unquoted braces, and the quotes a user types for
+    the shell never reach it; brace patterns (webdataset shard lists) are quoted here.
+    Values that start with a quote, ``{`` or ``[`` (dicts, lists) or hold ``${`` are kept.
+    """
+    quoted = []
+    for arg in argv:
+        match = _BRACED_VALUE.match(arg)
+        if match and "${" not in match["value"] and "'" not in match["value"]:
+            arg = f"{match['key']}='{match['value']}'"
+        quoted.append(arg)
+    return quoted

@@ -22,6 +22,8 @@ from fst.config import CONFIG_DIR, check_group_overrides, quote_braced_values, r
 from fst.errors import FstError
 from fst.losses import PerceptualLoss
 from fst.module import StyleTransferModule
+from fst.sweep_callback import sweep_failure_message
+from fst.sweep_job import run_sweep_job
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -84,11 +86,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # Never raises: a failed job is recorded in its summary.json and the sweep goes on.
+        return run_sweep_job(cfg, train, hydra_cfg.job.num, list(hydra_cfg.overrides.task))
     try:
         result = train(cfg)
     except FstError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # let the sweep record this job as failed and go on
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     if result["model_path"]:
@@ -105,6 +109,10 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     _hydra_main()
+    failure = sweep_failure_message()  # multirun: set when jobs failed (all of them ran)
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
