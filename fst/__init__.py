@@ -1,7 +1,23 @@
 """fst: feed-forward fast style transfer (Johnson et al. 2016) with PyTorch Lightning and Hydra."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from fst.stylize import stylize  # noqa: E402
 
-__all__ = ["__version__", "stylize"]
+if TYPE_CHECKING:
+    from fst.stylizer import Stylizer
+
+__all__ = ["__version__", "stylize", "Stylizer"]
+
+
+def __getattr__(name: str) -> Any:
+    # Stylizer pulls in torch; imported on first use so `import fst` stays light.
+    if name == "Stylizer":
+        from fst.stylizer import Stylizer
+
+        return Stylizer
+    raise AttributeError(f"module 'fst' has no attribute {name!r}")

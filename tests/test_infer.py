@@ -1,0 +1,246 @@
+"""fst-infer over real-world inputs: good photos written, broken ones named, exit codes,
+nothing overwritten, model lookup by name, legacy and ONNX models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from _infer_corpus import build_corpus, photo, random_model, rotated_photo, snapshot
+from fst.config import ROOT_DIR
+from fst.infer import main
+from fst.photo_io import image_to_tensor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny nets: extra OpenMP threads only add contention on a shared CI box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return random_model(tmp_path_factory.mktemp("models") / "tiny.safetensors", width=8, style="teststyle")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, str]]:
+    folder = tmp_path_factory.mktemp("corpus") / "photos"
+    good, bad = build_corpus(folder)
+    return folder, good, bad
+
+
+def test_corpus_good_photos_written_bad_ones_named_exit_1(tmp_path: Path, model: Path, corpus, monkeypatch) -> None:
+    """The issue's acceptance run, through the real console entry point (a subprocess)."""
+    folder, good, bad = corpus
+    before = snapshot(folder)
+    monkeypatch.setenv("FST_MODELS", str(model.parent))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fst.infer", "-m", "tiny", str(folder), "-o", str(out), "--size", "256"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(bad), proc.stderr
+    for name in bad:
+        assert any(str(folder / name) in line for line in errors), (name, proc.stderr)
+    for name in good:
+        assert not any(name in line for line in errors), (name, proc.stderr)
+    assert f"{len(good)} written, {len(bad)} failed" in proc.stderr
+    assert snapshot(folder) == before  # inputs untouched
+
+    written = {p.name: p for p in out.iterdir()}
+    assert sorted(written) == sorted(
+        f"{Path(n).stem}_teststyle.{'png' if n in ('alpha.png', 'palette.png') else 'jpg'}" for n in good
+    )
+    sizes = {name: Image.open(path).size for name, path in written.items()}
+    assert sizes["huge_teststyle.jpg"] == (256, 171)
+    assert sizes["rotated_teststyle.jpg"] == (171, 256)  # portrait after EXIF rotation
+    assert sizes["dot_teststyle.jpg"] == (256, 256)
+    with Image.open(written["alpha_teststyle.png"]) as img:
+        assert img.mode == "RGBA"
+        alpha = image_to_tensor(img.getchannel("A"))
+    assert alpha[..., :120].max() < 0.02 and alpha[..., 136:].min() > 0.98  # left half stays transparent
+    assert set(proc.stdout.split()) == {str(p) for p in written.values()}
+
+
+def test_existing_outputs_are_never_replaced_unless_asked(tmp_path: Path, model: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        photo(i).resize((48, 32)).save(src / f"p{i}.jpg")
+    out = tmp_path / "out"
+    args = ["-m", str(model), str(src), "-o", str(out), "--no-progress"]
+    assert main(args) == 0
+    first = snapshot(out)
+    assert len(first) == 2
+
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("already exists") == 2 and "0 written, 2 failed" in err
+    assert snapshot(out) == first
+
+    assert main([*args, "--skip-existing"]) == 0
+    assert "2 skipped" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--strength", "0.5"]) == 0
+    assert snapshot(out) != first
+
+
+def test_an_input_is_never_written_over(tmp_path: Path, model: Path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo(0).resize((48, 32)).save(folder / "a.jpg")
+    photo(1).resize((48, 32)).save(folder / "b.png")
+    before = snapshot(folder)
+    code = main(["-m", str(model), str(folder), "-o", str(folder), "--name", "{name}", "--overwrite", "--no-progress"])
+    assert code == 1
+    assert capsys.readouterr().err.count("would overwrite an input") == 2
+    assert snapshot(folder) == before
+
+
+def test_outputs_that_would_collide_are_named(tmp_path: Path, model: Path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo(0).resize((48, 32)).save(folder / "same.jpg")
+    photo(1).resize((48, 32)).save(folder / "same.png")
+    assert main(["-m", str(model), str(folder), "-o", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "already written for" in capsys.readouterr().err
+    assert len(list((tmp_path / "out").iterdir())) == 1
+    assert main(["-m", str(model), str(folder), "-o", str(tmp_path / "out2"), "--no-progress",
+                 "--name", "{name}.{ext}"]) == 0
+
+
+def test_usage_errors_exit_2(tmp_path: Path, model: Path, capsys) -> None:
+    photo(0).resize((48, 32)).save(tmp_path / "a.jpg")
+    image = str(tmp_path / "a.jpg")
+    for argv in (
+        [image],  # no -m
+        ["-m", str(model)],  # no input
+        ["-m", str(model), image, "--strength", "1.5"],
+        ["-m", str(model), image, "--name", "{stem}_{painter}.jpg"],
+        ["-m", str(model), image, "--name", "{stem}.gif"],
+        ["-m", str(model), image, "--tile", "lots"],
+        ["-m", str(model), image, "--device", "tpu"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+    capsys.readouterr()
+    assert main(["-m", "no_such_style", image, "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'no_such_style'" in err and "available:" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_files_and_empty_globs_are_failures(tmp_path: Path, model: Path, capsys) -> None:
+    photo(0).resize((48, 32)).save(tmp_path / "a.jpg")
+    code = main(["-m", str(model), str(tmp_path / "a.jpg"), str(tmp_path / "gone.jpg"), str(tmp_path / "*.tif"),
+                 "-o", str(tmp_path / "out"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "gone.jpg: no such file or folder" in err and "*.tif: no files match" in err
+    assert (tmp_path / "out" / "a_teststyle.jpg").is_file()
+
+
+def test_recursive_folders_keep_their_layout_and_globs_work(tmp_path: Path, model: Path) -> None:
+    root = tmp_path / "trip"
+    (root / "day1").mkdir(parents=True)
+    (root / "day2").mkdir()
+    photo(0).resize((40, 30)).save(root / "day1" / "x.jpg")
+    photo(1).resize((40, 30)).save(root / "day2" / "x.jpg")
+    (root / "readme.txt").write_text("not a photo")
+    out = tmp_path / "out"
+    assert main(["-m", str(model), str(root), "-r", "-o", str(out), "--no-progress", "--format", "webp"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "day1/x_teststyle.webp", "day2/x_teststyle.webp"]
+    # Results kept inside the tree being scanned are not stylized again on the next run.
+    nested = ["-m", str(model), str(root), "-r", "-o", str(root / "stylized"), "--no-progress"]
+    assert main(nested) == 0
+    assert main([*nested, "--skip-existing"]) == 0
+    assert len(list((root / "stylized").rglob("*.jpg"))) == 2
+    assert main(["-m", str(model), str(root / "day*" / "*.jpg"), "-o", str(tmp_path / "g"), "--no-progress",
+                 "--name", "{stem}-{model}.png", "--batch", "2"]) == 1  # both are x.jpg: second collides
+    assert [p.name for p in (tmp_path / "g").iterdir()] == ["x-tiny.png"]
+
+
+def test_exif_rotation_and_strength_zero_reproduce_the_upright_photo(tmp_path: Path, model: Path) -> None:
+    stored, data = rotated_photo()
+    (tmp_path / "r.jpg").write_bytes(data)
+    out = tmp_path / "out"
+    assert main(["-m", str(model), str(tmp_path / "r.jpg"), "-o", str(out), "--strength", "0", "--format", "png",
+                 "--no-progress"]) == 0
+    with Image.open(tmp_path / "r.jpg") as img:
+        upright = img.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    with Image.open(out / "r_teststyle.png") as result:
+        assert result.size == upright.size == (64, 96)
+        assert (image_to_tensor(result) - image_to_tensor(upright)).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_pytorch_examples_and_onnx_models_run_from_the_cli(tmp_path: Path, model: Path) -> None:
+    from fst.export import export_model
+    from fst.model_file import load_model
+
+    photo(0).resize((64, 48)).save(tmp_path / "a.png")
+    # A fast_neural_style-format file: our net's weights under their names and 0-255 scaling.
+    net, _ = load_model(random_model(tmp_path / "w32.safetensors", width=32, output_head="clamp"))
+    theirs = {}
+    renames = {"enc1.conv": "conv1.conv2d", "enc1.norm": "in1", "enc2.conv": "conv2.conv2d", "enc2.norm": "in2",
+               "enc3.conv": "conv3.conv2d", "enc3.norm": "in3", "up1.conv": "deconv1.conv2d", "up1.norm": "in4",
+               "up2.conv": "deconv2.conv2d", "up2.norm": "in5", "conv_out": "deconv3.conv2d"}
+    for key, value in net.state_dict().items():
+        module, param = key.rsplit(".", 1)
+        if module.startswith("residuals."):
+            _, k, block, layer = module.split(".")
+            name = {"block1.conv": "conv1.conv2d", "block1.norm": "in1", "block2.conv": "conv2.conv2d",
+                    "block2.norm": "in2"}[f"{block}.{layer}"]
+            theirs[f"res{int(k) + 1}.{name}.{param}"] = value
+        else:
+            theirs[f"{renames[module]}.{param}"] = value
+    theirs["conv1.conv2d.weight"] = theirs["conv1.conv2d.weight"] / 255
+    theirs["deconv3.conv2d.weight"] = theirs["deconv3.conv2d.weight"] * 255
+    theirs["deconv3.conv2d.bias"] = theirs["deconv3.conv2d.bias"] * 255
+    theirs["in1.running_mean"] = torch.zeros(32)
+    torch.save(theirs, tmp_path / "candy.pth")
+
+    assert main(["-m", str(tmp_path / "candy.pth"), str(tmp_path / "a.png"), "-o", str(tmp_path / "o1"),
+                 "--format", "png", "--no-progress"]) == 0
+    assert main(["-m", str(tmp_path / "w32.safetensors"), str(tmp_path / "a.png"), "-o", str(tmp_path / "o2"),
+                 "--format", "png", "--no-progress"]) == 0
+    legacy = image_to_tensor(Image.open(tmp_path / "o1" / "a_candy.png"))
+    ours = image_to_tensor(Image.open(tmp_path / "o2" / "a_teststyle.png"))
+    assert (legacy - ours).abs().max() <= 1 / 255 + 1e-6  # same net up to 8-bit rounding
+
+    pytest.importorskip("onnxruntime")
+    onnx_path, _ = export_model(tmp_path / "w32.safetensors", tmp_path / "w32.onnx", "onnx")
+    assert main(["-m", str(onnx_path), str(tmp_path / "a.png"), "-o", str(tmp_path / "o3"), "--format", "png",
+                 "--no-progress"]) == 0
+    graph = image_to_tensor(Image.open(tmp_path / "o3" / "a_teststyle.png"))
+    assert (graph - ours).abs().max() <= 1 / 255 + 1e-6
+    # ONNX graphs cannot swap their norm statistics, so explicit tiling is a usage error.
+    assert main(["-m", str(onnx_path), str(tmp_path / "a.png"), "-o", str(tmp_path / "o4"), "--tile", "256"]) == 2
+
+
+def test_names_resolve_in_the_repo_checkpoints_folder() -> None:
+    """Whatever small model ships in checkpoints/ must be reachable by its bare name."""
+    shipped = sorted((ROOT_DIR / "checkpoints").glob("*.safetensors"))
+    if not shipped:
+        pytest.skip("no model in checkpoints/ yet")
+    from fst.backends import resolve_model
+
+    env = os.environ.pop("FST_MODELS", None)
+    try:
+        assert resolve_model(shipped[0].stem) == shipped[0]
+    finally:
+        if env is not None:
+            os.environ["FST_MODELS"] = env
