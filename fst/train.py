@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from fst.sweep_job import run_sweep_job
 
 log = logging.getLogger(__name__)
 register_resolvers()
+# The frozen VGG is in eval mode on purpose, and small photo folders make epochs shorter
+# than the logging interval (logging follows the global step anyway): both warnings are noise.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 def style_image_path(cfg: DictConfig) -> Path:

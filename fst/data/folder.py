@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fst.data.transforms import PreviewTransform, TrainTransform
 from fst.errors import FstError
@@ -149,7 +149,11 @@ class FolderDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(PreviewDataset(self.val_files, self.val_size), batch_size=len(self.val_files))
+        previews = PreviewDataset(self.val_files, self.val_size)
+        # One replica: under DDP Lightning leaves an explicit DistributedSampler alone, so
+        # every rank sees all previews and rank 0's grid is complete.
+        sampler = DistributedSampler(previews, num_replicas=1, rank=0, shuffle=False)
+        return DataLoader(previews, batch_size=len(previews), sampler=sampler)
 
 
 def _images_in(root: str | None, key: str) -> list[Path]:

@@ -28,12 +28,13 @@ class TrainTransform:
         )
 
     def __call__(self, img: Image.Image, seed: int | None = None) -> torch.Tensor:
-        tensor = pil_to_tensor(img)
+        # Crop and resize the 8-bit PIL image before converting: resizing a float
+        # tensor of the whole photo costs several times more.
         if seed is None:
-            return self.augment(tensor)
+            return pil_to_tensor(self.augment(img))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.augment(tensor)
+            return pil_to_tensor(self.augment(img))
 
 
 class PreviewTransform:
