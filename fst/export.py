@@ -34,7 +34,8 @@ def module_metadata(module: Any, steps: int) -> dict[str, Any]:
             "content_weight": loss.content_weight,
             "style_weight": loss.style_weight,
             "tv_weight": loss.tv_weight,
-            "vgg": loss.vgg_source,
+            "vgg": loss.vgg_spec,
+            "style_size": loss.style_size,
         },
         "steps": int(steps),
     }

@@ -9,8 +9,6 @@ inside the file: ONNX ``metadata_props["fst_metadata"]``, TorchScript extra file
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fst.errors import FstError
+from fst.fsutil import atomic_path
 from fst.transformer_net import TransformerNet, apply_output_head
 
 ONNX_OPSET = 17
@@ -66,13 +65,6 @@ class ExportableNet(nn.Module):
         return apply_output_head(net.conv_out(net.pad_out(h)), net.config.output_head)
 
 
-def _temporary_next_to(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def check_against_eager(
     net: TransformerNet, run: Callable[[torch.Tensor], torch.Tensor], what: str,
     shapes: Sequence[tuple[int, int, int, int]] = VERIFY_SHAPES, tolerance: float = EXPORT_TOLERANCE,
@@ -101,8 +93,7 @@ def export_onnx(
 
     out = Path(out)
     net = net.float().cpu().eval()
-    tmp = _temporary_next_to(out)
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation/tracer notes
             torch.onnx.export(
@@ -121,9 +112,6 @@ def export_onnx(
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
         error = _verify_onnx(net, tmp) if verify else None
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out, error
 
 
@@ -147,8 +135,7 @@ def export_torchscript(
         raise FstError("this PyTorch build has no TorchScript (torch.jit.trace); use --format onnx")
     out = Path(out)
     net = net.float().cpu().eval()
-    tmp = _temporary_next_to(out)
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit deprecation and tracer notes on shape reads
             traced = torch.jit.trace(ExportableNet(net).eval(), torch.rand(1, 3, 64, 64), check_trace=False)
@@ -157,7 +144,4 @@ def export_torchscript(
             if verify:
                 loaded = torch.jit.load(str(tmp), map_location="cpu")
                 error = check_against_eager(net, lambda x: loaded(x).detach(), f"{out.name} (TorchScript)")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out, error

@@ -108,9 +108,12 @@ class PerceptualLoss(nn.Module):
         self.content_weight = float(content_weight)
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
+        self.style_size = style_size
 
         weights = load_vgg16_weights(vgg_weights) if isinstance(vgg_weights, str) else vgg_weights
         self.vgg_source = weights.source
+        # What a user would pass to reproduce the loss: the spec, not this machine's cache path.
+        self.vgg_spec = vgg_weights if isinstance(vgg_weights, str) else weights.preprocessing
         taps = list(dict.fromkeys([*self.content_layers, *self.style_layer_weights]))
         self.vgg = VGG16Features(taps, weights)
         # The photo only needs the content layer: a second, shallower view of the

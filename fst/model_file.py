@@ -5,8 +5,6 @@ executes code (safetensors stores tensors and strings only)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from fst.errors import FstError
+from fst.fsutil import atomic_path
 from fst.transformer_net import TransformerNet, TransformerNetConfig
 
 FORMAT = "fst.model/1"
@@ -35,7 +34,6 @@ def save_model(net: TransformerNet, path: str | Path, metadata: dict[str, Any]) 
     ``format``, ``architecture``, ``fst_version`` and ``preprocessing`` are added here.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {
         "format": FORMAT,
         "architecture": net.config.to_dict(),
@@ -45,14 +43,8 @@ def save_model(net: TransformerNet, path: str | Path, metadata: dict[str, Any]) 
     }
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
     strings = {k: json.dumps(v) for k, v in header.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=strings)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=strings)
     return path
 
 
