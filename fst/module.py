@@ -27,7 +27,7 @@ class StyleTransferModule(pl.LightningModule):
         loss: PerceptualLoss,
         lr: float = 1e-3,
         scheduler: dict[str, Any] | None = None,
-        channels_last: bool = True,
+        channels_last: bool | str = "auto",
         compile: bool = False,
         style_name: str = "style",
     ) -> None:
@@ -36,12 +36,13 @@ class StyleTransferModule(pl.LightningModule):
         self.loss = loss
         self.lr = lr
         self.scheduler_cfg = dict(scheduler) if scheduler else None
-        self.channels_last = channels_last
+        # "auto": channels_last on CUDA only; on CPU it measured 13-16% slower (BENCHMARKS.md).
+        self.channels_last = channels_last if channels_last != "auto" else torch.cuda.is_available()
         self.compile_net = compile
         self.style_name = style_name
         self.strict_loading = False  # frozen VGG keys are absent from checkpoints on purpose
         self.save_hyperparameters(ignore=["net", "loss"])
-        if channels_last:
+        if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.loss.to(memory_format=torch.channels_last)
 
