@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -62,3 +63,12 @@ def photo_dir(tmp_path: Path) -> Path:
     for src in sorted((TRAIN_PHOTOS / "coco").glob("*.jpg"))[:4]:
         shutil.copy(src, folder / src.name)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module with one torch thread (for modules of tiny networks), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,8 @@ from fst.train import train
 SIZES = [(1, 3, 64, 64), (2, 3, 101, 157)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets: extra OpenMP threads only add contention on a shared CI box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny nets: extra OpenMP threads only add contention on a shared CI box.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class KeepModule(pl.Callback):

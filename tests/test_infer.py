@@ -18,13 +18,8 @@ from fst.infer import main
 from fst.photo_io import image_to_tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets: extra OpenMP threads only add contention on a shared CI box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny nets: extra OpenMP threads only add contention on a shared CI box.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

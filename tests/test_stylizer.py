@@ -22,13 +22,8 @@ from fst.stylizer import Stylizer
 from fst.tiling import tile_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These nets are tiny: extra OpenMP threads only add contention on a shared CI box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny nets: extra OpenMP threads only add contention on a shared CI box.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
