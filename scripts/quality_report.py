@@ -7,8 +7,9 @@ The loss is the training loss of MODEL, rebuilt from its metadata (layers, weigh
 VGG) and its painting. For every photo (longer side resized to --size, whole photo kept)
 it evaluates the model's output and Gatys et al.'s L-BFGS optimisation started from the
 photo after each --steps budget (one step = one L-BFGS iteration = one loss+gradient
-evaluation; see fst/gatys.py). Writes to --out: report.md (tables and verdict),
-losses.csv, summary.json and contact_sheet.png (photo | fst | Gatys@... per row).
+evaluation; a budget delivers the best iterate within it; see fst/gatys.py). Writes to
+--out: report.md (tables and verdict), losses.csv, summary.json and contact_sheet.png
+(photo | fst | Gatys@... per row).
 Goal (issue #7): fst's mean total loss <= Gatys@--goal-steps (default 100).
 """
 
@@ -54,7 +55,8 @@ def vgg_spec(recorded: str | None, model: Path) -> str:
     if recorded in ("caffe", "torchvision"):
         return recorded
     if recorded == "imagenet":  # weights were passed as an object: only the input convention is known
-        warn(f"{model}: metadata records an ImageNet-preprocessed VGG16 of unknown origin; assuming torchvision (pass --vgg)")
+        warn(f"{model}: metadata records an ImageNet-preprocessed VGG16 of unknown origin; "
+             "assuming torchvision (pass --vgg)")
         return "torchvision"
     if recorded.startswith("torchvision "):
         return "torchvision"
@@ -71,7 +73,8 @@ def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> t
     """The model's training loss and a record of how it was rebuilt."""
     spec = meta.get("loss")
     if not isinstance(spec, dict):
-        raise FstError(f"{model}: metadata has no 'loss' entry (not trained by fst.train), so its training loss is unknown")
+        raise FstError(f"{model}: metadata has no 'loss' entry (not trained by fst.train), "
+                       "so its training loss is unknown")
     missing = [k for k in LOSS_KEYS if k not in spec]
     if missing:
         raise FstError(f"{model}: metadata 'loss' lacks {', '.join(missing)}")
@@ -112,7 +115,8 @@ def load_photos(folder: Path, size: int, limit: int | None) -> list[tuple[str, t
     paths = list_images(folder)[:limit] if limit else list_images(folder)
     if not paths:
         raise FstError(f"{folder}: no images found")
-    return [(str(p.relative_to(folder)), pil_to_tensor(resize_long_side(open_rgb(p), size)).unsqueeze(0)) for p in paths]
+    return [(str(p.relative_to(folder)), pil_to_tensor(resize_long_side(open_rgb(p), size)).unsqueeze(0))
+            for p in paths]
 
 
 def evaluate(net: torch.nn.Module, loss: PerceptualLoss, photos: list[tuple[str, torch.Tensor]],
@@ -135,11 +139,11 @@ def evaluate(net: torch.nn.Module, loss: PerceptualLoss, photos: list[tuple[str,
         run: GatysRun = gatys_stylize(loss, photo, args.steps, args.parametrisation)
         reach = run.steps_to_reach(fst_terms["total"])
         rows.append({"photo": name, "method": "fst", "steps": "", **fst_terms, "wall_s": fst_wall,
-                     "gatys_steps_to_match_fst": "" if reach is None else reach})
+                     "gatys_best_step": "", "gatys_steps_to_match_fst": "" if reach is None else reach})
         images[name] = {"photo": photo.cpu(), "fst": styled.cpu()}
         for snap in run.snapshots:
             rows.append({"photo": name, "method": f"gatys@{snap.steps}", "steps": snap.steps, **snap.terms,
-                         "wall_s": snap.wall_s, "gatys_steps_to_match_fst": ""})
+                         "wall_s": snap.wall_s, "gatys_best_step": snap.best_step, "gatys_steps_to_match_fst": ""})
             images[name][f"gatys@{snap.steps}"] = snap.image.cpu()
         print("  " + ", ".join(f"@{s.steps} {s.terms['total']:.4g} ({s.wall_s:.1f} s)" for s in run.snapshots)
               + f"; reaches fst's loss after {reach if reach is not None else f'> {max(args.steps)}'} steps",
@@ -182,8 +186,10 @@ def markdown(rows: list[dict[str, Any]], means: dict[str, dict[str, float]], sum
     lines = [f"# Quality report: {loss['style_name']}", "",
              f"Model `{summary['model']}` ({summary['model_steps']} training steps), "
              f"{len(summary['photos'])} photos from `{summary['photos_dir']}` at longer side {summary['size']} px. "
-             f"Gatys = L-BFGS from the photo ({summary['parametrisation']} parametrisation, 1 step = 1 iteration). "
-             f"Loss = the model's training loss (style image {loss['style_size'] or 'full-size'} px, VGG {loss['vgg']}). "
+             f"Gatys@N = the best of the first N L-BFGS iterations started from the photo "
+             f"({summary['parametrisation']} parametrisation, 1 step = 1 iteration = 1 loss+gradient evaluation). "
+             f"Loss = the model's training loss (style image {loss['style_size'] or 'full-size'} px, "
+             f"VGG {loss['vgg']}). "
              "Lower is better; wall s = fst forward time, or Gatys optimisation time up to that step.", "",
              f"Command: `{summary['command']}`", "", "## Mean over photos", ""]
     lines += _table([{"method": m, **v} for m, v in means.items()], ("method",))
@@ -243,12 +249,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default: quality/<style_name>/)")
     parser.add_argument("--size", type=int, default=256, help="longer side of every photo in px (default 256)")
     parser.add_argument("--max-photos", type=int, help="only the first N photos (sorted by path)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[50, 100, 300], help="Gatys budgets (L-BFGS iterations)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 100, 300],
+                        help="Gatys budgets (L-BFGS iterations)")
     parser.add_argument("--sheet-steps", type=int, nargs="+",
                         help="Gatys budgets shown on the contact sheet (default: all but the smallest if >2 budgets)")
     parser.add_argument("--goal-steps", type=int, default=100, help="the Gatys budget fst must match (default 100)")
     parser.add_argument("--style-image", help="the painting (default: assets/styles/<style_name>.jpg, sha256-checked)")
-    parser.add_argument("--style-size", type=int, help=f"painting's longer side for the Gram targets (default: the model's loss.style_size, else {DEFAULT_STYLE_SIZE})")
+    parser.add_argument("--style-size", type=int, help="painting's longer side for the Gram targets "
+                        f"(default: the model's loss.style_size, else {DEFAULT_STYLE_SIZE})")
     parser.add_argument("--vgg", help="override the VGG16 read from the metadata: caffe | torchvision | PATH")
     parser.add_argument("--parametrisation", choices=PARAMETRISATIONS, default="clamp",
                         help="how Gatys keeps pixels in [0, 1] (see fst/gatys.py; default clamp)")
@@ -281,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
                "command": " ".join(["python", "scripts/quality_report.py", *args.argv])}
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["photo", "method", "steps", *LOSS_TERMS, "wall_s", "gatys_steps_to_match_fst"]
+    fields = ["photo", "method", "steps", *LOSS_TERMS, "wall_s", "gatys_best_step", "gatys_steps_to_match_fst"]
     with open(out / "losses.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

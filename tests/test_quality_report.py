@@ -66,15 +66,19 @@ def photos(tmp_path: Path) -> Path:
 def test_gatys_lowers_the_loss_step_by_step(loss: PerceptualLoss) -> None:
     photo = pil_to_tensor(resize_long_side(open_rgb(ROOT / "assets/photos/val/skimage/coffee.png"), 40)).unsqueeze(0)
     for parametrisation in ("sigmoid", "clamp"):
-        run = gatys_stylize(loss, photo, [0, 2, 4], parametrisation)
+        run = gatys_stylize(loss, photo, [4, 0, 2, 2], parametrisation)
         totals = [s.terms["total"] for s in run.snapshots]
         assert [s.steps for s in run.snapshots] == [0, 2, 4]
         assert totals[0] > totals[1] > totals[2], (parametrisation, totals)
-        # one L-BFGS step = one loss evaluation, and the recorded curve is that of the snapshots
-        assert len(run.totals) == 4
-        assert run.totals[0] == pytest.approx(totals[0], rel=1e-5)
-        assert run.totals[2] == pytest.approx(totals[1], rel=1e-5)
+        # one L-BFGS step = one loss evaluation: the curve holds the iterates after 0..4 steps
+        assert len(run.totals) == 5
+        for snap in run.snapshots:
+            # a budget delivers the best iterate within it, and its loss is that iterate's
+            assert snap.best_step <= snap.steps
+            assert snap.terms["total"] == pytest.approx(min(run.totals[: snap.steps + 1]), rel=1e-5)
+            assert snap.terms["total"] == pytest.approx(run.totals[snap.best_step], rel=1e-5)
         assert run.steps_to_reach(totals[1]) <= 2
+        assert run.steps_to_reach(totals[2] * 0.5) is None
         for snap in run.snapshots:
             assert snap.image.shape == photo.shape
             assert 0.0 <= float(snap.image.min()) and float(snap.image.max()) <= 1.0
@@ -92,7 +96,7 @@ def test_report_rows_match_a_direct_loss_evaluation(tmp_path: Path, model_path: 
     assert [(r["photo"], r["method"]) for r in rows] == [
         (n, m) for n in names for m in ("fst", *(f"gatys@{s}" for s in STEPS))]
     assert list(rows[0]) == ["photo", "method", "steps", "content", "style", "tv", "total", "wall_s",
-                             "gatys_steps_to_match_fst"]
+                             "gatys_best_step", "gatys_steps_to_match_fst"]
 
     # The fst row is the training loss of the model's output, recomputed here from scratch.
     from fst.model_file import load_model
@@ -141,7 +145,8 @@ def test_report_rows_match_a_direct_loss_evaluation(tmp_path: Path, model_path: 
         photo = pil_to_tensor(resize_long_side(open_rgb(photos / name), PHOTO_SIZE)).unsqueeze(0)
         with torch.no_grad():
             styled = net(photo).clamp(0, 1)
-        images[name] = {"photo": photo, "fst": styled, "gatys@2": torch.zeros_like(photo), "gatys@4": torch.zeros_like(photo)}
+        blank = torch.zeros_like(photo)
+        images[name] = {"photo": photo, "fst": styled, "gatys@2": blank, "gatys@4": blank}
     expected, boxes = quality_report.contact_sheet(images, [dict(r, total=float(r["total"])) for r in rows],
                                                    columns, PHOTO_SIZE, "t")
     assert sheet.size == expected.size
@@ -161,7 +166,8 @@ def test_missing_loss_metadata_is_one_clear_error(tmp_path: Path, photos: Path, 
     out = tmp_path / "report"
     assert quality_report.main([str(path), str(photos), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {path}: metadata has no 'loss' entry (not trained by fst.train), so its training loss is unknown"]
+    assert err == [f"error: {path}: metadata has no 'loss' entry (not trained by fst.train), "
+                   "so its training loss is unknown"]
     assert not out.exists()
 
 
