@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fst.errors import FstError
-from fst.images import file_sha256
+from fst.fsutil import file_sha256
 from fst.model_file import FORMAT, PREPROCESSING, fst_version, load_model, save_model
 from fst.transformer_net import TransformerNet, TransformerNetConfig
 

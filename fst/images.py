@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,8 @@ def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     """Resize so that the longer side equals ``size`` (aspect ratio kept)."""
     w, h = img.size
     scale = size / max(w, h)
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img if new == img.size else img.resize(new, Image.Resampling.LANCZOS)
 
 
 def load_style_image(path: str | Path, size: int | None) -> torch.Tensor:
@@ -62,14 +62,6 @@ def load_style_image(path: str | Path, size: int | None) -> torch.Tensor:
     if size:
         img = resize_long_side(img, size)
     return pil_to_tensor(img).unsqueeze(0)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_images(root: str | Path) -> list[Path]:

@@ -20,6 +20,8 @@ import torch
 from PIL import Image, ImageOps
 
 from fst.errors import FstError
+from fst.fsutil import umask
+from fst.images import resize_long_side
 
 # Output formats by extension: Pillow format name and whether it can store alpha.
 OUTPUT_FORMATS = {"jpg": ("JPEG", False), "jpeg": ("JPEG", False), "png": ("PNG", True), "webp": ("WEBP", True)}
@@ -70,13 +72,6 @@ def _exif_without_orientation(img: Image.Image) -> bytes | None:
     return exif.tobytes()
 
 
-def resize_long(img: Image.Image, long_side: int) -> Image.Image:
-    w, h = img.size
-    scale = long_side / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
-
-
 def read_photo(path: str | Path, long_side: int | None = None) -> Photo:
     """Decode ``path`` upright (EXIF orientation applied), optionally resized so its long side is ``long_side``."""
     path = Path(path)
@@ -101,8 +96,8 @@ def read_photo(path: str | Path, long_side: int | None = None) -> Photo:
         reason = str(exc) or type(exc).__name__
         raise FstError(f"{path}: not a readable image ({reason})") from None
     if long_side:
-        rgb = resize_long(rgb, long_side)
-        alpha = resize_long(alpha, long_side) if alpha is not None else None
+        rgb = resize_long_side(rgb, long_side)
+        alpha = resize_long_side(alpha, long_side) if alpha is not None else None
     return Photo(rgb=image_to_tensor(rgb), alpha=image_to_tensor(alpha) if alpha is not None else None, icc_profile=icc, exif=exif)
 
 
@@ -164,19 +159,13 @@ def write_photo(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to this user
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would make results private to this user
         img.save(tmp, format=fmt, **options)
         _move_into_place(Path(tmp), path, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:

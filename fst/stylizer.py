@@ -106,13 +106,14 @@ class Stylizer:
         return out[0] if image.dim() == 3 else out
 
     def _stylize_pils(self, images: list[Image.Image], size: int | None, batch_size: int, options: dict) -> list[Image.Image]:
-        from fst.photo_io import image_to_tensor, resize_long, split_alpha, to_pil
+        from fst.images import resize_long_side
+        from fst.photo_io import image_to_tensor, split_alpha, to_pil
 
         rgbs, alphas = [], []
         for img in images:
             rgb, alpha = split_alpha(ImageOps.exif_transpose(img))
             if size:
-                rgb, alpha = resize_long(rgb, size), (resize_long(alpha, size) if alpha is not None else None)
+                rgb, alpha = resize_long_side(rgb, size), (resize_long_side(alpha, size) if alpha is not None else None)
             rgbs.append(image_to_tensor(rgb))
             alphas.append(image_to_tensor(alpha) if alpha is not None else None)
         outs = self.stylize_many(rgbs, batch_size=batch_size, **options)

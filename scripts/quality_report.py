@@ -30,7 +30,8 @@ from PIL import Image, ImageDraw, ImageFont
 from fst.config import ROOT_DIR
 from fst.errors import FstError
 from fst.gatys import LOSS_TERMS, PARAMETRISATIONS, GatysRun, gatys_stylize, loss_terms
-from fst.images import file_sha256, list_images, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
+from fst.fsutil import file_sha256
+from fst.images import list_images, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 from fst.losses import PerceptualLoss
 from fst.model_file import load_model
 from fst.weights import VGGWeightsUnavailable, load_vgg16_weights
