@@ -13,7 +13,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 weights: $(VENV)/.installed
-	$(PY) -m fst.weights --weights caffe
+	$(PY) -m fst.loss.weights --weights caffe
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

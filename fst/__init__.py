@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from fst.stylize import stylize  # noqa: E402
 
 if TYPE_CHECKING:
-    from fst.stylizer import Stylizer
+    from fst.infer.stylizer import Stylizer
 
 __all__ = ["__version__", "stylize", "Stylizer"]
 
@@ -17,7 +17,7 @@ __all__ = ["__version__", "stylize", "Stylizer"]
 def __getattr__(name: str) -> Any:
     # Stylizer pulls in torch; imported on first use so `import fst` stays light.
     if name == "Stylizer":
-        from fst.stylizer import Stylizer
+        from fst.infer.stylizer import Stylizer
 
         return Stylizer
     raise AttributeError(f"module 'fst' has no attribute {name!r}")

@@ -1,5 +1,11 @@
-"""The one exception type that the command-line entry points turn into a one-line error."""
+"""The exceptions that command-line entry points turn into one line and an exit status."""
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class FstError(Exception):
-    """A user-facing problem (bad path, bad config key, no data): printed as one line, exit 1."""
+    """A user-facing problem (bad path, unreadable file, no data): one ``error:`` line, exit 1."""
+
+
+class UsageError(FstError):
+    """The command line itself is wrong (unknown option, model or config key): exit 2."""

@@ -35,11 +35,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fst.config import ROOT_DIR
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
 from fst.data.coco import ShardStream, decode_photo, expand_shards
 from fst.data.shards import PhotoSource, ShardSettings, build_shards, plan_shards
 from fst.data.transforms import TrainTransform
 from fst.images import open_rgb
+
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 COCO_SHORT_SIDE = 480
 

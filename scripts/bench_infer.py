@@ -45,7 +45,7 @@ def run_one(model: str, device: str, precision: str, height: int, width: int, ti
 
     if threads:
         torch.set_num_threads(threads)
-    from fst.stylizer import Stylizer
+    from fst.infer.stylizer import Stylizer
 
     stylizer = Stylizer.load(model, device=device, precision=precision)
     cuda = stylizer.device.type == "cuda"
@@ -84,8 +84,8 @@ def run_one(model: str, device: str, precision: str, height: int, width: int, ti
 def _default_model(folder: Path) -> str:
     import torch
 
-    from fst.model_file import save_model
-    from fst.transformer_net import TransformerNet
+    from fst.nets.model_file import save_model
+    from fst.nets.transformer import TransformerNet
 
     torch.manual_seed(0)
     return str(save_model(TransformerNet(width=32), folder / "bench_w32.safetensors", {"style_name": "random"}))

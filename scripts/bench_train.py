@@ -42,15 +42,16 @@ from baseline_fast_neural_style import BaselineTrainer  # noqa: E402
 from bench_train_profile import profile_baseline, profile_fst  # noqa: E402
 
 from fst.images import open_rgb, pil_to_tensor, resize_short_side  # noqa: E402
-import fst.losses as fst_losses  # noqa: E402
-from fst.losses import PerceptualLoss  # noqa: E402
-from fst.module import StyleTransferModule  # noqa: E402
-from fst.transformer_net import TransformerNet  # noqa: E402
-from fst.weights import CONV_LAYERS, VGGWeights, load_vgg16_weights  # noqa: E402
+import fst.loss.perceptual as fst_losses  # noqa: E402
+from fst.loss.perceptual import PerceptualLoss  # noqa: E402
+from fst.train.module import StyleTransferModule  # noqa: E402
+from fst.nets.transformer import TransformerNet  # noqa: E402
+from fst.loss.weights import CONV_LAYERS, VGGWeights, load_vgg16_weights  # noqa: E402
+from fst.resources import ASSETS_DIR
 
 CONFIGS = ROOT / "configs"
-STYLE_IMAGE = ROOT / "assets" / "styles" / "starry_night.jpg"
-PHOTOS = ROOT / "assets" / "photos" / "train"
+STYLE_IMAGE = ASSETS_DIR / "styles" / "starry_night.jpg"
+PHOTOS = ASSETS_DIR / "photos" / "train"
 TRAINER_PRECISION = {"32-true": "fp32", "32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Conv layers the loss networks read (up to conv4_3 = features index 21): all a subset file needs.
@@ -63,7 +64,7 @@ def config(group: str, name: str) -> dict:
 
 # ---------------------------------------------------------------- VGG weights
 def load_vgg_weights(spec: str) -> VGGWeights:
-    """``caffe`` (fst.weights, sha256-checked) or a safetensors file written by --write-vgg-subset."""
+    """``caffe`` (fst.loss.weights, sha256-checked) or a safetensors file written by --write-vgg-subset."""
     if spec == "caffe":
         return load_vgg16_weights("caffe")
     from safetensors.torch import load_file
@@ -95,7 +96,7 @@ EXPERIMENTS = {
 
 
 def gram_matrix_nhwc(features: torch.Tensor) -> torch.Tensor:
-    """fst.losses.gram_matrix, reading channels_last memory in place (same values, fp32)."""
+    """fst.loss.perceptual.gram_matrix, reading channels_last memory in place (same values, fp32)."""
     b, c, h, w = features.shape
     with torch.autocast(device_type=features.device.type, enabled=False):
         f = features.float()
@@ -111,11 +112,11 @@ def apply_experiments(names: list[str], fst: FstStep) -> None:
         fst_losses.gram_matrix = gram_matrix_nhwc  # StyleTargets looks it up at call time
     if "conv_out_nhwc" in names:
         # oneDNN's NCHW kernels for a 3-channel output are ~2x slower (fwd+bwd) than its NHWC ones.
-        conv_out = fst.module.net.conv_out
+        conv_out = fst.train.module.net.conv_out
         conv_out.register_forward_pre_hook(lambda m, a: (a[0].contiguous(memory_format=torch.channels_last),))
         conv_out.register_forward_hook(lambda m, a, out: out.contiguous())
     if "fused_adam" in names:
-        fst.optimizer = torch.optim.Adam(fst.module.net.parameters(), lr=fst.module.lr, fused=True)
+        fst.optimizer = torch.optim.Adam(fst.train.module.net.parameters(), lr=fst.train.module.lr, fused=True)
 
 
 # ---------------------------------------------------------------- the two steps

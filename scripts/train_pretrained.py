@@ -53,7 +53,7 @@ def main() -> int:
 
 
 def _metadata(path: Path) -> dict:
-    from fst.model_file import read_metadata
+    from fst.nets.model_file import read_metadata
 
     return read_metadata(path)
 

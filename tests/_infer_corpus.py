@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fst.config import ROOT_DIR
-from fst.model_file import save_model
-from fst.transformer_net import TransformerNet, TransformerNetConfig
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
+from fst.nets.model_file import save_model
+from fst.nets.transformer import TransformerNet, TransformerNetConfig
 
-PHOTO_DIR = ROOT_DIR / "assets" / "photos" / "val" / "skimage"
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
+
+PHOTO_DIR = ASSETS_DIR / "photos" / "val" / "skimage"
 EXIF_ORIENTATION = 0x0112
 
 

@@ -12,9 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from fst.config import CONFIG_DIR, ROOT_DIR, register_resolvers
+from fst.resources import ASSETS_DIR, CONFIG_DIR
+from fst.train.config import register_resolvers
 
-ASSETS = ROOT_DIR / "assets"
+ASSETS = ASSETS_DIR
 TRAIN_PHOTOS = ASSETS / "photos" / "train"
 VAL_PHOTOS = ASSETS / "photos" / "val"
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fst.weights import VGGWeights, load_vgg16_weights
+from fst.loss.weights import VGGWeights, load_vgg16_weights
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import baseline_fast_neural_style as baseline  # noqa: E402
 import bench_train  # noqa: E402
-from fst.vgg import VGG16Features  # noqa: E402
+from fst.loss.vgg import VGG16Features  # noqa: E402
 
 # bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.4%). Through the net and 10 VGG convs
 # the per-term error of the losses measured here stays below 1%; 3% leaves room for other
@@ -141,7 +141,7 @@ def test_baseline_step_trains_its_net() -> None:
 
 def test_gram_nhwc_experiment_computes_fst_gram() -> None:
     # The GPU run's candidate Gram must be the same function, only reading memory differently.
-    from fst.losses import gram_matrix
+    from fst.loss.perceptual import gram_matrix
 
     f = torch.randn(2, 8, 5, 7)
     for t in (f, f.contiguous(memory_format=torch.channels_last),

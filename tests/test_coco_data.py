@@ -15,11 +15,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from conftest import TRAIN_PHOTOS, VAL_PHOTOS
-from fst.config import quote_braced_values
+from fst.train.config import quote_braced_values
 from fst.data.coco import CocoDataModule, ShardStream, decode_photo, expand_shards
 from fst.data.shards import ShardSettings, build_shards
 from fst.errors import FstError
-from fst.train import train
+from fst.train.run import train
 
 PHOTOS = 28  # bundled training photos
 

@@ -12,10 +12,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TRAIN_PHOTOS
-from fst.config import ROOT_DIR
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
 from fst.data.coco import ShardStream, expand_shards
 from fst.data.shards import ShardSettings, build_shards
-from fst.model_file import load_model
+from fst.nets.model_file import load_model
+
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 STEPS = 4
 BATCH = 2

@@ -14,12 +14,12 @@ import torch
 from _infer_corpus import photo, random_model
 from conftest import VAL_PHOTOS
 from fst.errors import FstError
-from fst.export import export_checkpoint, export_model, main
-from fst.export_formats import EXPORT_TOLERANCE, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE
-from fst.model_file import load_model, read_metadata
-from fst.photo_io import image_to_tensor
-from fst.stylizer import Stylizer
-from fst.train import train
+from fst.train.export import export_checkpoint, export_model, main
+from fst.nets.export_formats import EXPORT_TOLERANCE, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE
+from fst.nets.model_file import load_model, read_metadata
+from fst.images import image_to_tensor
+from fst.infer.stylizer import Stylizer
+from fst.train.run import train
 
 # Sizes checked here (on top of the exporter's own check): square, odd, and batched.
 SIZES = [(1, 3, 64, 64), (2, 3, 101, 157)]

@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from _infer_corpus import build_corpus, photo, random_model, rotated_photo, snapshot
-from fst.config import ROOT_DIR
-from fst.infer import main
-from fst.photo_io import image_to_tensor
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
+from fst.infer.cli import main
+from fst.images import image_to_tensor
+
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 
 # Tiny nets: extra OpenMP threads only add contention on a shared CI box.
@@ -183,8 +185,8 @@ def test_exif_rotation_and_strength_zero_reproduce_the_upright_photo(tmp_path: P
 
 
 def test_pytorch_examples_and_onnx_models_run_from_the_cli(tmp_path: Path, model: Path) -> None:
-    from fst.export import export_model
-    from fst.model_file import load_model
+    from fst.train.export import export_model
+    from fst.nets.model_file import load_model
 
     photo(0).resize((64, 48)).save(tmp_path / "a.png")
     # A fast_neural_style-format file: our net's weights under their names and 0-255 scaling.
@@ -228,10 +230,10 @@ def test_pytorch_examples_and_onnx_models_run_from_the_cli(tmp_path: Path, model
 
 def test_names_resolve_in_the_repo_checkpoints_folder() -> None:
     """Whatever small model ships in checkpoints/ must be reachable by its bare name."""
-    shipped = sorted((ROOT_DIR / "checkpoints").glob("*.safetensors"))
+    shipped = sorted(BUNDLED_MODELS_DIR.glob("*.safetensors"))
     if not shipped:
         pytest.skip("no model in checkpoints/ yet")
-    from fst.backends import resolve_model
+    from fst.infer.backends import resolve_model
 
     env = os.environ.pop("FST_MODELS", None)
     try:

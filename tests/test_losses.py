@@ -1,6 +1,6 @@
 import torch
 
-from fst.losses import StyleTargets, content_loss, gram_matrix, total_variation
+from fst.loss.perceptual import StyleTargets, content_loss, gram_matrix, total_variation
 
 
 def test_gram_matrix_matches_hand_computation() -> None:
@@ -66,9 +66,9 @@ def test_every_listed_style_layer_drives_training(compose_cfg) -> None:
     from conftest import VAL_PHOTOS
     from torchvision.transforms import v2
 
-    from fst.diagnostics import style_gradient_shares
+    from fst.research.diagnostics import style_gradient_shares
     from fst.images import open_rgb, pil_to_tensor, resize_short_side
-    from fst.train import build_loss
+    from fst.train.run import build_loss
 
     cfg = compose_cfg(["style.size=256"])
     loss = build_loss(cfg)

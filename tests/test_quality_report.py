@@ -1,4 +1,4 @@
-"""scripts/quality_report.py and fst.gatys: the report uses the model's exact training loss,
+"""scripts/quality_report.py and fst.research.gatys: the report uses the model's exact training loss,
 Gatys optimisation lowers it, and the table and contact sheet hold what they claim."""
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fst.export import module_metadata
-from fst.gatys import gatys_stylize
+from fst.train.export import module_metadata
+from fst.research.gatys import gatys_stylize
 from fst.images import open_rgb, pil_to_tensor, resize_long_side
-from fst.losses import PerceptualLoss
-from fst.model_file import save_model
-from fst.transformer_net import TransformerNet, TransformerNetConfig
+from fst.loss.perceptual import PerceptualLoss
+from fst.nets.model_file import save_model
+from fst.nets.transformer import TransformerNet, TransformerNetConfig
+from fst.resources import ASSETS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import quality_report  # noqa: E402
 
-STYLE = ROOT / "assets" / "styles" / "the_wave.jpg"
+STYLE = ASSETS_DIR / "styles" / "the_wave.jpg"
 STYLE_SIZE = 64
 PHOTO_SIZE = 40
 STEPS = [2, 4]
@@ -99,7 +100,7 @@ def test_report_rows_match_a_direct_loss_evaluation(tmp_path: Path, model_path: 
                              "gatys_best_step", "gatys_steps_to_match_fst"]
 
     # The fst row is the training loss of the model's output, recomputed here from scratch.
-    from fst.model_file import load_model
+    from fst.nets.model_file import load_model
 
     net, _ = load_model(model_path)
     reference = tiny_loss()
@@ -172,10 +173,10 @@ def test_missing_loss_metadata_is_one_clear_error(tmp_path: Path, photos: Path, 
 
 
 def test_wrong_style_image_is_flagged(tmp_path: Path, model_path: Path, capsys) -> None:
-    other = ROOT / "assets" / "styles" / "udnie.jpg"
+    other = ASSETS_DIR / "styles" / "udnie.jpg"
     args = quality_report.parse_args([str(model_path), str(tmp_path), "--style-image", str(other),
                                       "--style-size", str(STYLE_SIZE)])
-    from fst.model_file import read_metadata
+    from fst.nets.model_file import read_metadata
 
     _, record = quality_report.build_loss(model_path, read_metadata(model_path), args)
     assert record["style_sha256_matches"] is False

@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 from conftest import TRAIN_PHOTOS, VAL_PHOTOS
-from fst.config import ROOT_DIR
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
 from fst.data.shards import ShardSettings, build_shards, default_samples_per_shard, read_manifest
 from fst.errors import FstError
 from fst.images import list_images, open_rgb, resize_short_side
+
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 # JPEG q90 of a photo: mean absolute pixel error stays well under 2% of the range.
 JPEG_MEAN_ABS_ERROR = 0.02

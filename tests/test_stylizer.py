@@ -14,12 +14,12 @@ from PIL import Image
 from torch import nn
 
 from _infer_corpus import photo, random_model, rotated_photo
-from fst.color import rgb_to_ycbcr
+from fst.infer.color import rgb_to_ycbcr
 from fst.errors import FstError
-from fst.legacy import load_legacy_model
-from fst.photo_io import image_to_tensor
-from fst.stylizer import Stylizer
-from fst.tiling import tile_grid
+from fst.nets.legacy import load_legacy_model
+from fst.images import image_to_tensor
+from fst.infer.stylizer import Stylizer
+from fst.infer.tiling import tile_grid
 
 
 # Tiny nets: extra OpenMP threads only add contention on a shared CI box.
@@ -333,7 +333,7 @@ def test_tiles_share_statistics_taken_from_a_downscaled_image(stylizer: Stylizer
 
 def test_onnx_model_runs_like_the_pytorch_one(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from fst.export import export_model
+    from fst.train.export import export_model
 
     source = random_model(tmp_path / "m.safetensors", width=8)
     onnx_path, _ = export_model(source, tmp_path / "m.onnx", "onnx")

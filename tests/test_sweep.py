@@ -23,14 +23,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY, VAL_PHOTOS
-from fst import gpu_slots
-from fst.config import ROOT_DIR
-from fst.contact_sheet import EMPTY_CELL
-from fst.gpu_slots import GpuSlots
-from fst.model_file import load_model
-from fst.sweep_job import multirun_device_problem
-from fst.sweep_report import CONTACT_SHEET_NAME, CSV_NAME, MARKDOWN_NAME, build_report
-from fst.sweep_report import main as report_main
+from fst.sweep import gpu_slots
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
+from fst.sweep.contact_sheet import EMPTY_CELL
+from fst.sweep.gpu_slots import GpuSlots
+from fst.nets.model_file import load_model
+from fst.sweep.job import multirun_device_problem
+from fst.sweep.report import CONTACT_SHEET_NAME, CSV_NAME, MARKDOWN_NAME, build_report
+from fst.sweep.report import main as report_main
+
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 SHEET_SIZE = 192  # BuildSweepReport's default stylizing size (configs/hydra/default.yaml)
 # lr 1e-2 so that two steps move the tiny networks far enough apart to tell cells apart
@@ -277,8 +279,8 @@ def test_joblib_launcher_runs_pinned_jobs_in_worker_processes(photo_dir: Path, t
 def test_three_swept_keys_layout_rows_are_combinations(tmp_path: Path) -> None:
     from itertools import product
 
-    from fst.contact_sheet import render_contact_sheet
-    from fst.sweep_report import JobRecord, swept_keys
+    from fst.sweep.contact_sheet import render_contact_sheet
+    from fst.sweep.report import JobRecord, swept_keys
 
     values = list(product(["1", "10"], ["a", "b"], ["x", "y"]))
     jobs = [JobRecord(num=n, dir=tmp_path, overrides={"seed": "0", "k1": v1, "k2": v2, "k3": v3}, status="failed",

@@ -12,10 +12,12 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import VAL_PHOTOS
-from fst.config import ROOT_DIR
-from fst.model_file import load_model, read_metadata
-from fst.module import StyleTransferModule
-from fst.train import build_loss, train
+from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
+from fst.nets.model_file import load_model, read_metadata
+from fst.train.module import StyleTransferModule
+from fst.train.run import build_loss, train
+
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 
 def test_overfits_one_fixed_batch(compose_cfg, photo_dir: Path) -> None:
@@ -121,7 +123,7 @@ def test_cli_unknown_style_name(tmp_path: Path) -> None:
 def test_cli_new_style_end_to_end(tmp_path: Path, photo_dir: Path) -> None:
     """The issue's 'done when' command, shrunk only in network width and image size."""
     painting = tmp_path / "painting.jpg"
-    painting.write_bytes((ROOT_DIR / "assets/styles/the_wave.jpg").read_bytes())
+    painting.write_bytes((ASSETS_DIR / "styles/the_wave.jpg").read_bytes())
     run_dir = tmp_path / "run"
     proc = _cli(
         f"style.image={painting}", "style.name=mine", "data=folder", f"data.root={photo_dir}",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fst.transformer_net import TransformerNet, TransformerNetConfig
+from fst.nets.transformer import TransformerNet, TransformerNetConfig
 
 
 @pytest.mark.parametrize("upsample", ["resize_conv", "transposed"])

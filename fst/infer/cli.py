@@ -1,0 +1,284 @@
+"""fst-infer: stylize photos with a trained model.
+
+    fst-infer -m MODEL INPUT... [-o OUTDIR] [--size N] [--tile auto|N|off] ...
+
+Every good photo is written, every bad one is named on stderr and the rest carry on.
+Exit status: 0 all written (or skipped on request), 1 some input failed, 2 usage
+error (bad option, unknown or unloadable model). Existing files are never replaced
+without --overwrite, and an input is never written over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fst.errors import FstError
+from fst.infer.inputs import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Job, check_template, expand_inputs, output_path
+from fst.images import OUTPUT_FORMATS, Photo, read_photo, write_photo
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _tile_arg(value: str) -> int | str | None:
+    if value in ("auto",):
+        return "auto"
+    if value in ("off", "none", "0"):
+        return None
+    try:
+        tile = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a pixel size, got {value!r}") from None
+    if tile < 64:
+        raise argparse.ArgumentTypeError(f"tiles must be at least 64 pixels, got {tile}")
+    return tile
+
+
+def _strength_arg(value: str) -> float:
+    try:
+        strength = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= strength <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return strength
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fst-infer",
+        description="Stylize photos with a trained fast-style-transfer model.",
+        epilog="Exit status: 0 all done, 1 some inputs failed (each named on stderr), 2 usage error.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("-m", "--model", help="model name (see --list-models) or a .safetensors/.onnx/.pth file")
+    p.add_argument("-o", "--output-dir", default="stylized", type=Path, help="output folder (default: ./stylized)")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders (layout is kept)")
+    p.add_argument("--size", type=_positive_int, help="resize so the long side is SIZE pixels (default: keep)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 on CUDA, fp32 elsewhere")
+    p.add_argument("--batch", type=_positive_int, default=1, help="photos per forward pass (equal sizes only)")
+    p.add_argument("--tile", type=_tile_arg, default="auto",
+                   help="tile edge in pixels for big images, 'off', or 'auto' (tiles above 4 MP; default)")
+    p.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default: 128)")
+    p.add_argument("--preserve-color", action="store_true", help="keep the photo's colours, take only luminance")
+    p.add_argument("--strength", type=_strength_arg, default=1.0, help="0 = photo, 1 = full style (default)")
+    p.add_argument("--format", choices=sorted(OUTPUT_FORMATS), help="output format (default: jpg, png with alpha)")
+    p.add_argument("--quality", type=int, default=92, help="JPEG/WebP quality 1-100 (default: 92)")
+    p.add_argument("--name", default=DEFAULT_TEMPLATE,
+                   help=f"output file name template, fields {{{'}, {'.join(TEMPLATE_FIELDS)}}} "
+                        f"(default: {DEFAULT_TEMPLATE})")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave existing outputs alone and do not count them as failures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print written paths")
+    p.add_argument("--list-models", action="store_true", help="list model names that -m finds, then exit")
+    return p
+
+
+@dataclass
+class Outcome:
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+class Runner:
+    """The per-photo loop: decode ahead in a thread, stylize in batches, write, report."""
+
+    def __init__(self, args: argparse.Namespace, stylizer, inputs: set[Path], bar) -> None:
+        self.args = args
+        self.stylizer = stylizer
+        self.inputs = inputs
+        self.bar = bar
+        self.claimed: dict[Path, Path] = {}  # output -> the input that produced it in this run
+        self.outcome = Outcome()
+        self.warned_alpha = False
+
+    def fail(self, message: str) -> None:
+        self.outcome.failed += 1
+        self.bar.write(f"error: {message}", file=sys.stderr)
+
+    def destination(self, job: Job, photo: Photo) -> Path | None:
+        """The output path for ``job``, or None after reporting why it must not be written."""
+        a = self.args
+        ext = a.format or ("png" if photo.alpha is not None else "jpg")
+        dest = output_path(job, a.output_dir, a.name, style=self.stylizer.style, model=self.stylizer.name, ext=ext)
+        key = dest.resolve()
+        if key in self.inputs:
+            self.fail(f"{job.source}: output {dest} would overwrite an input; change -o or --name")
+            return None
+        if key in self.claimed:
+            self.fail(f"{job.source}: output {dest} was already written for {self.claimed[key]}; use --name with {{name}}")
+            return None
+        if dest.exists() and not a.overwrite:
+            if a.skip_existing:
+                self.outcome.skipped += 1
+                return None
+            self.fail(f"{job.source}: output {dest} already exists (--overwrite replaces, --skip-existing skips)")
+            return None
+        self.claimed[key] = job.source
+        return dest
+
+    def run_batch(self, items: list[tuple[Job, Photo, Path]]) -> None:
+        a = self.args
+        options = dict(tile=a.tile, overlap=a.overlap, preserve_color=a.preserve_color, strength=a.strength)
+        try:
+            outs = self.stylizer.stylize_many([p.rgb for _, p, _ in items], batch_size=a.batch, **options)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: name the photo, go on
+            if len(items) > 1:  # find out which photo it was
+                for item in items:
+                    self.run_batch([item])
+                return
+            job, _, dest = items[0]
+            self.claimed.pop(dest.resolve(), None)
+            self.fail(f"{job.source}: stylization failed ({_first_line(exc)})")
+            return
+        for (job, photo, dest), out in zip(items, outs):
+            self.write(job, photo, dest, out)
+
+    def write(self, job: Job, photo: Photo, dest: Path, out: torch.Tensor) -> None:
+        if photo.alpha is not None and not OUTPUT_FORMATS[dest.suffix.lower().lstrip(".")][1] and not self.warned_alpha:
+            self.warned_alpha = True
+            self.bar.write(f"note: {dest.suffix} cannot store transparency; alpha dropped (use --format png)", file=sys.stderr)
+        try:
+            write_photo(dest, out, photo.alpha, quality=self.args.quality, icc_profile=photo.icc_profile,
+                        exif=photo.exif, overwrite=self.args.overwrite)
+        except FstError as exc:
+            self.fail(f"{job.source}: {exc}")
+            return
+        except OSError as exc:
+            self.fail(f"{job.source}: cannot write {dest} ({exc.strerror or exc})")
+            return
+        self.outcome.written += 1
+        if not self.args.quiet:
+            self.bar.write(str(dest))
+
+    def run(self, jobs: list[Job]) -> None:
+        lookahead = max(2, 2 * self.args.batch)
+        queue = iter(jobs)
+        pending: deque[tuple[Job, Future]] = deque()
+        ready: list[tuple[Job, Photo, Path]] = []
+        with ThreadPoolExecutor(max_workers=2) as pool:
+
+            def top_up() -> None:
+                while len(pending) < lookahead and (job := next(queue, None)) is not None:
+                    pending.append((job, pool.submit(read_photo, job.source, self.args.size)))
+
+            top_up()
+            while pending:
+                job, future = pending.popleft()
+                top_up()
+                try:
+                    photo = future.result()
+                except FstError as exc:
+                    self.fail(str(exc))
+                    self.bar.update(1)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the other photos
+                    self.fail(f"{job.source}: not a readable image ({type(exc).__name__}: {_first_line(exc)})")
+                    self.bar.update(1)
+                    continue
+                dest = self.destination(job, photo)
+                if dest is None:
+                    self.bar.update(1)
+                    continue
+                ready.append((job, photo, dest))
+                if len(ready) >= self.args.batch:
+                    self.flush(ready)
+                    ready = []
+        self.flush(ready)
+
+    def flush(self, items: list[tuple[Job, Photo, Path]]) -> None:
+        if items:
+            self.run_batch(items)
+            self.bar.update(len(items))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_models:
+        from fst.infer.backends import available_models
+
+        for name, path in sorted(available_models().items()):
+            print(f"{name}\t{path}")
+        return EXIT_OK
+    if not args.model:
+        parser.error("-m/--model is required (see --list-models)")
+    if not args.inputs:
+        parser.error("no INPUT given")
+    if not 1 <= args.quality <= 100:
+        parser.error(f"--quality must be in 1..100, got {args.quality}")
+    if args.overlap < 0:
+        parser.error(f"--overlap must be >= 0, got {args.overlap}")
+    try:
+        check_template(args.name)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    from tqdm import tqdm
+
+    from fst.infer.stylizer import Stylizer
+
+    try:
+        stylizer = Stylizer.load(args.model, device=args.device, precision=args.precision)
+    except FstError as exc:
+        print(f"fst-infer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(args.tile, int) and not stylizer.backend.supports_tiling:
+        print(f"fst-infer: error: --tile needs a PyTorch model (.safetensors or .pth); {args.model} is ONNX",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+    expansion = expand_inputs(args.inputs, recursive=args.recursive, exclude=args.output_dir)
+    for message in expansion.failures:
+        print(f"error: {message}", file=sys.stderr)
+    inputs = {job.source.resolve() for job in expansion.jobs}
+    bar = tqdm(total=len(expansion.jobs), unit="photo", file=sys.stderr, disable=args.no_progress or None,
+               dynamic_ncols=True)
+    runner = Runner(args, stylizer, inputs, bar)
+    try:
+        runner.run(expansion.jobs)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted", file=sys.stderr)
+        return 130
+    bar.close()
+    out = runner.outcome
+    failed = out.failed + len(expansion.failures)
+    summary = f"{out.written} written, {failed} failed"
+    if out.skipped:
+        summary += f", {out.skipped} skipped (existing)"
+    if expansion.skipped_non_images:
+        summary += f", {expansion.skipped_non_images} non-image files ignored"
+    print(f"{summary} -> {args.output_dir}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

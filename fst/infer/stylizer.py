@@ -1,0 +1,202 @@
+"""Python API for stylizing photos with a trained model.
+
+>>> from fst import Stylizer
+>>> s = Stylizer.load("starry_night")          # a name, or a .safetensors/.onnx/.pth path
+>>> out = s(Image.open("photo.jpg"), size=1024)  # PIL in, PIL out (alpha kept)
+>>> batch_out = s(torch.rand(4, 3, 256, 256))    # tensors in [0, 1], (3,H,W) or (B,3,H,W)
+
+Large images are tiled automatically (see :mod:`fst.infer.tiling`); tiny ones are padded
+up to the network's minimum size and cropped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from fst.infer.backends import OnnxBackend, TorchBackend, load_backend
+from fst.infer.color import blend
+from fst.infer.color import preserve_color as luminance_transfer
+from fst.errors import FstError
+from fst.infer.tiling import tiled_forward
+
+# Below this many pixels per side reflection padding inside the network is impossible
+# (it needs a side > pad at 1/4 resolution); smaller images are edge-padded up to it.
+MIN_SIDE = 16
+# "auto" tiling: images above this many pixels run in tiles of AUTO_TILE, which bounds
+# activation memory (one full-resolution width-32 feature map is 128 bytes per pixel).
+AUTO_TILE_PIXELS = 2048 * 2048
+AUTO_TILE = 1024
+DEFAULT_OVERLAP = 128
+DEFAULT_STATS_SIZE = 1024
+
+TileSpec = int | str | None
+
+
+class Stylizer:
+    """A loaded style model plus the pre/post-processing around it."""
+
+    def __init__(self, backend: TorchBackend | OnnxBackend, name: str = "model") -> None:
+        self.backend = backend
+        self.name = name
+
+    @classmethod
+    def load(cls, model: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
+        """Load a model by name (``checkpoints/`` or ``$FST_MODELS``) or path."""
+        backend, path = load_backend(model, device=device, precision=precision)
+        return cls(backend, name=path.name.rsplit(".", 1)[0])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.backend.metadata
+
+    @property
+    def style(self) -> str:
+        """The style name recorded at training time (the model's name if none was)."""
+        return str(self.metadata.get("style_name") or self.name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def __repr__(self) -> str:
+        return f"Stylizer(name={self.name!r}, style={self.style!r}, device={self.device}, dtype={self.backend.dtype})"
+
+    def __call__(
+        self,
+        image: Image.Image | torch.Tensor | Sequence[Image.Image],
+        *,
+        size: int | None = None,
+        tile: TileSpec = "auto",
+        overlap: int = DEFAULT_OVERLAP,
+        preserve_color: bool = False,
+        strength: float = 1.0,
+        batch_size: int = 4,
+    ) -> Image.Image | torch.Tensor | list[Image.Image]:
+        """Stylize a PIL image, a list of them, or a (3, H, W) / (B, 3, H, W) tensor in [0, 1].
+
+        ``size`` resizes the long side first. PIL inputs are turned upright by their EXIF
+        orientation and keep their alpha channel. Tensors come back on their own device.
+        """
+        options = dict(tile=tile, overlap=overlap, preserve_color=preserve_color, strength=strength)
+        if isinstance(image, Image.Image):
+            return self._stylize_pils([image], size, batch_size, options)[0]
+        if isinstance(image, torch.Tensor):
+            return self._stylize_tensor_input(image, size, options)
+        if isinstance(image, Sequence) and all(isinstance(i, Image.Image) for i in image):
+            return self._stylize_pils(list(image), size, batch_size, options)
+        raise TypeError(f"expected a PIL image, a list of them or a tensor, got {type(image).__name__}")
+
+    def _stylize_tensor_input(self, image: torch.Tensor, size: int | None, options: dict) -> torch.Tensor:
+        if image.dim() not in (3, 4) or image.shape[-3] != 3:
+            raise ValueError(f"expected a (3, H, W) or (B, 3, H, W) tensor, got shape {tuple(image.shape)}")
+        batch = image.unsqueeze(0) if image.dim() == 3 else image
+        if size:
+            h, w = batch.shape[-2:]
+            scale = size / max(h, w)
+            target = (max(1, round(h * scale)), max(1, round(w * scale)))
+            batch = F.interpolate(batch.float(), size=target, mode="bicubic", antialias=True, align_corners=False)
+            batch = batch.clamp(0, 1)
+        out = self.stylize_batch(batch, **options).to(image.device)
+        return out[0] if image.dim() == 3 else out
+
+    def _stylize_pils(self, images: list[Image.Image], size: int | None, batch_size: int, options: dict) -> list[Image.Image]:
+        from fst.images import resize_long_side
+        from fst.images import image_to_tensor, split_alpha, to_pil
+
+        rgbs, alphas = [], []
+        for img in images:
+            rgb, alpha = split_alpha(ImageOps.exif_transpose(img))
+            if size:
+                rgb, alpha = resize_long_side(rgb, size), (resize_long_side(alpha, size) if alpha is not None else None)
+            rgbs.append(image_to_tensor(rgb))
+            alphas.append(image_to_tensor(alpha) if alpha is not None else None)
+        outs = self.stylize_many(rgbs, batch_size=batch_size, **options)
+        return [to_pil(out, alpha) for out, alpha in zip(outs, alphas)]
+
+    def stylize_many(self, images: Sequence[torch.Tensor], batch_size: int = 4, **options: Any) -> list[torch.Tensor]:
+        """Stylize (3, H, W) tensors, batching runs of equal-sized images; returns CPU tensors."""
+        outs: list[torch.Tensor | None] = [None] * len(images)
+        start = 0
+        while start < len(images):
+            end = start + 1
+            shape = images[start].shape
+            while end < len(images) and end - start < batch_size and images[end].shape == shape:
+                end += 1
+            batch = torch.stack(list(images[start:end]))
+            for i, out in enumerate(self.stylize_batch(batch, **options).cpu(), start):
+                outs[i] = out
+            start = end
+        return outs  # type: ignore[return-value]
+
+    def stylize_batch(
+        self,
+        batch: torch.Tensor,
+        *,
+        tile: TileSpec = "auto",
+        overlap: int = DEFAULT_OVERLAP,
+        preserve_color: bool = False,
+        strength: float = 1.0,
+        stats_size: int = DEFAULT_STATS_SIZE,
+    ) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> stylized (B, 3, H, W) float32 in [0, 1] on the model's device."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        tile_size = self._tile_size(batch.shape[-2:], tile)
+        if tile_size:
+            stylized = torch.cat([self._tiled(img[None], tile_size, overlap, stats_size) for img in batch])
+        else:
+            stylized = self._whole(batch)
+        photo = batch.to(stylized.device, torch.float32)
+        stylized = stylized.clamp(0.0, 1.0)
+        if preserve_color:
+            stylized = luminance_transfer(stylized, photo)
+        return blend(stylized, photo, strength)
+
+    def _tile_size(self, hw: torch.Size | tuple[int, int], tile: TileSpec) -> int | None:
+        """Tile edge to use for an image of size ``hw``, or None to run it whole."""
+        h, w = int(hw[0]), int(hw[1])
+        if tile in (None, 0, "0", "none", "off"):
+            return None
+        if tile == "auto":
+            if h * w <= AUTO_TILE_PIXELS or not self.backend.supports_tiling:
+                return None
+            return AUTO_TILE
+        tile_size = int(tile)
+        if max(h, w) <= tile_size:
+            return None
+        if not self.backend.supports_tiling:
+            raise FstError(f"{self.name}: tiling needs a PyTorch model (.safetensors or .pth), not ONNX")
+        return tile_size
+
+    def _whole(self, batch: torch.Tensor) -> torch.Tensor:
+        """One forward pass; tiny images are edge-padded to MIN_SIDE and cropped back."""
+        h, w = batch.shape[-2:]
+        pad_h, pad_w = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+        if pad_h or pad_w:
+            padded = F.pad(batch.float(), (0, pad_w, 0, pad_h), mode="replicate")
+            return self.backend(padded)[..., :h, :w]
+        try:
+            return self.backend(batch)
+        except torch.OutOfMemoryError:
+            if not self.backend.supports_tiling or max(h, w) <= 2 * MIN_SIDE:
+                raise
+            # Out of accelerator memory: fall back to tiles of half the long side.
+            torch.cuda.empty_cache()
+            tile = max(256, max(h, w) // 2 // 4 * 4)
+            return torch.cat([self._tiled(img[None], tile, DEFAULT_OVERLAP, DEFAULT_STATS_SIZE) for img in batch])
+
+    def _tiled(self, image: torch.Tensor, tile: int, overlap: int, stats_size: int) -> torch.Tensor:
+        backend = self.backend
+        assert isinstance(backend, TorchBackend)
+        overlap = min(overlap, tile // 2) // 4 * 4  # more than half a tile only adds work
+        with torch.inference_mode():
+            return tiled_forward(
+                backend.net, image.to(backend.device, torch.float32), tile, overlap, stats_size=stats_size, run=backend
+            )
+

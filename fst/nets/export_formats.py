@@ -1,0 +1,147 @@
+"""ONNX and TorchScript exports of a TransformerNet, each checked against eager PyTorch.
+
+Both graphs take any batch size, height and width (``image``: float32 N x 3 x H x W in
+[0, 1], RGB) and return the stylized image of the same shape. The fst metadata travels
+inside the file: ONNX ``metadata_props["fst_metadata"]``, TorchScript extra file
+``fst_metadata.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fst.errors import FstError
+from fst.fsutil import atomic_path
+from fst.nets.transformer import TransformerNet, apply_output_head
+
+ONNX_OPSET = 17
+ONNX_METADATA_KEY = "fst_metadata"
+TORCHSCRIPT_METADATA_FILE = "fst_metadata.json"
+# Largest |exported - eager| accepted, on the [0, 1] output scale (1/255 is one 8-bit level).
+EXPORT_TOLERANCE = 1e-4
+# Shapes checked after export: two sizes, the second odd-sized and batched, so a graph
+# that baked in the tracing shape fails.
+VERIFY_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 96, 128), (2, 3, 75, 131))
+
+
+class ExportableNet(nn.Module):
+    """The TransformerNet's forward pass written so that tracing keeps every size symbolic.
+
+    Eager ``ConvTranspose2d(output_size=...)`` turns the target size into a constant
+    output padding at trace time, which breaks other sizes. Here transposed layers
+    always add the padding row/column and then crop to the encoder's size, which is
+    the same computation (output padding only appends at the bottom/right).
+    """
+
+    def __init__(self, net: TransformerNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def _upsample(self, block: nn.Module, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        height, width = like.shape[-2], like.shape[-1]
+        if block.mode == "resize_conv":
+            x = block.conv(block.pad(F.interpolate(x, size=(height, width), mode="nearest")))
+        else:
+            conv = block.conv
+            x = F.conv_transpose2d(x, conv.weight, conv.bias, stride=2, padding=1, output_padding=1)
+            x = x[:, :, :height, :width]
+        return F.relu(block.norm(x))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        h1 = net.enc1(image)
+        h2 = net.enc2(h1)
+        h = net.residuals(net.enc3(h2))
+        h = self._upsample(net.up1, h, h2)
+        h = self._upsample(net.up2, h, image)
+        return apply_output_head(net.conv_out(net.pad_out(h)), net.config.output_head)
+
+
+def check_against_eager(
+    net: TransformerNet, run: Callable[[torch.Tensor], torch.Tensor], what: str,
+    shapes: Sequence[tuple[int, int, int, int]] = VERIFY_SHAPES, tolerance: float = EXPORT_TOLERANCE,
+) -> float:
+    """Largest |run(x) - net(x)| over random inputs of ``shapes``; FstError above ``tolerance``."""
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in shapes:
+        x = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            expected = net(x)
+        got = run(x)
+        if tuple(got.shape) != tuple(expected.shape):
+            raise FstError(f"{what}: output shape {tuple(got.shape)} for input {shape}, expected {tuple(expected.shape)}")
+        worst = max(worst, float((got - expected).abs().max()))
+    if worst > tolerance:
+        raise FstError(f"{what}: differs from eager PyTorch by {worst:.2e} (tolerance {tolerance:.0e})")
+    return worst
+
+
+def export_onnx(
+    net: TransformerNet, out: str | Path, metadata: dict[str, Any], opset: int = ONNX_OPSET, verify: bool = True
+) -> tuple[Path, float | None]:
+    """Write ``net`` as ONNX with dynamic batch/height/width; returns (path, max error vs eager or None)."""
+    import onnx
+
+    out = Path(out)
+    net = net.float().cpu().eval()
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation/tracer notes
+            torch.onnx.export(
+                ExportableNet(net).eval(),
+                (torch.rand(1, 3, 64, 64),),
+                str(tmp),
+                dynamo=False,  # the dynamo exporter needs onnxscript; this one needs nothing extra
+                input_names=["image"],
+                output_names=["stylized"],
+                dynamic_axes={name: {0: "batch", 2: "height", 3: "width"} for name in ("image", "stylized")},
+                opset_version=opset,
+            )
+        model = onnx.load(str(tmp))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+        error = _verify_onnx(net, tmp) if verify else None
+    return out, error
+
+
+def _verify_onnx(net: TransformerNet, path: Path) -> float | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        warnings.warn("onnxruntime is not installed: the ONNX export was not checked against PyTorch", stacklevel=3)
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return check_against_eager(
+        net, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), f"{path.name} (ONNX Runtime)"
+    )
+
+
+def export_torchscript(
+    net: TransformerNet, out: str | Path, metadata: dict[str, Any], verify: bool = True
+) -> tuple[Path, float | None]:
+    """Write a traced TorchScript module (any input size); returns (path, max error vs eager or None)."""
+    if not hasattr(torch.jit, "trace"):
+        raise FstError("this PyTorch build has no TorchScript (torch.jit.trace); use --format onnx")
+    out = Path(out)
+    net = net.float().cpu().eval()
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation and tracer notes on shape reads
+            traced = torch.jit.trace(ExportableNet(net).eval(), torch.rand(1, 3, 64, 64), check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
+            error = None
+            if verify:
+                loaded = torch.jit.load(str(tmp), map_location="cpu")
+                error = check_against_eager(net, lambda x: loaded(x).detach(), f"{out.name} (TorchScript)")
+    return out, error
