@@ -22,14 +22,13 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fst.fsutil import file_sha256
+from fst.fsutil import atomic_path, file_sha256
 from fst.loss.vgg import (CAFFE_MEAN_BGR, CONV_LAYERS, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB,  # noqa: F401 - re-exported
                           PREPROCESSINGS, VGGWeights)
 from fst.resources import fst_home
@@ -86,16 +85,11 @@ def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
 
 
 def _atomic_write(target: Path, write) -> None:
-    """Write via a temp file in the same dir + os.replace, so concurrent ranks or an
-    interrupted run never leave a half-written cache file behind. (Not mkstemp: its
-    0600 mode would ignore the umask of a cache shared on a cluster.)"""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    """Write through a temporary file beside ``target`` (fst.fsutil.atomic_path), so that
+    concurrent ranks or an interrupted run never leave a half-written cache file behind,
+    with the umask's permissions: a cache shared on a cluster stays readable to all."""
+    with atomic_path(target) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _validate(sd: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
