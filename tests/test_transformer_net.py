@@ -1,7 +1,9 @@
+import warnings
+
 import pytest
 import torch
 
-from fst.nets.transformer import TransformerNet, TransformerNetConfig
+from fst.nets.transformer import OUTPUT_HEADS, OutputHead, TransformerNet, TransformerNetConfig
 
 
 @pytest.mark.parametrize("upsample", ["resize_conv", "transposed"])
@@ -62,3 +64,26 @@ def test_channels_last_matches_contiguous() -> None:
         net_cl = net.to(memory_format=torch.channels_last)
         out = net_cl(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_output_head_is_a_module_without_parameters() -> None:
+    net = TransformerNet(width=8, num_residual=1, output_head="clamp")
+    assert isinstance(net.head, OutputHead) and net.head.kind == "clamp"
+    # The head lives in the config: state dicts are the same for every head.
+    keys = {head: list(TransformerNet(width=8, num_residual=1, output_head=head).state_dict()) for head in OUTPUT_HEADS}
+    assert all(k == keys["none"] for k in keys.values())
+    assert not any(k.startswith("head") for k in keys["none"])
+    with pytest.raises(ValueError, match="output head"):
+        OutputHead("sigmoid")
+
+
+@pytest.mark.parametrize("upsample", ["resize_conv", "transposed"])
+def test_traced_forward_keeps_sizes_symbolic(upsample: str) -> None:
+    torch.manual_seed(0)
+    net = TransformerNet(width=8, num_residual=1, upsample=upsample).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape reads
+        traced = torch.jit.trace(net, torch.rand(1, 3, 64, 64), check_trace=False)
+    x = torch.rand(2, 3, 37, 53)  # odd, batched, not the tracing size
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), net(x), atol=1e-5, rtol=1e-4)

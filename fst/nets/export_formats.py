@@ -1,8 +1,9 @@
 """ONNX and TorchScript exports of a TransformerNet, each checked against eager PyTorch.
 
-Both graphs take any batch size, height and width (``image``: float32 N x 3 x H x W in
-[0, 1], RGB) and return the stylized image of the same shape. The fst metadata travels
-inside the file: ONNX ``metadata_props["fst_metadata"]``, TorchScript extra file
+Both trace the network's own forward pass, which reads every size off a tensor, so the
+graphs take any batch size, height and width (``image``: float32 N x 3 x H x W in [0, 1],
+RGB) and return the stylized image of the same shape. The fst metadata travels inside
+the file: ONNX ``metadata_props["fst_metadata"]``, TorchScript extra file
 ``fst_metadata.json``.
 """
 
@@ -15,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fst.errors import FstError
 from fst.fsutil import atomic_path
-from fst.nets.transformer import TransformerNet, apply_output_head
+from fst.nets.transformer import TransformerNet
 
 ONNX_OPSET = 17
 ONNX_METADATA_KEY = "fst_metadata"
@@ -30,39 +29,6 @@ EXPORT_TOLERANCE = 1e-4
 # Shapes checked after export: two sizes, the second odd-sized and batched, so a graph
 # that baked in the tracing shape fails.
 VERIFY_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 96, 128), (2, 3, 75, 131))
-
-
-class ExportableNet(nn.Module):
-    """The TransformerNet's forward pass written so that tracing keeps every size symbolic.
-
-    Eager ``ConvTranspose2d(output_size=...)`` turns the target size into a constant
-    output padding at trace time, which breaks other sizes. Here transposed layers
-    always add the padding row/column and then crop to the encoder's size, which is
-    the same computation (output padding only appends at the bottom/right).
-    """
-
-    def __init__(self, net: TransformerNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def _upsample(self, block: nn.Module, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        height, width = like.shape[-2], like.shape[-1]
-        if block.mode == "resize_conv":
-            x = block.conv(block.pad(F.interpolate(x, size=(height, width), mode="nearest")))
-        else:
-            conv = block.conv
-            x = F.conv_transpose2d(x, conv.weight, conv.bias, stride=2, padding=1, output_padding=1)
-            x = x[:, :, :height, :width]
-        return F.relu(block.norm(x))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        h1 = net.enc1(image)
-        h2 = net.enc2(h1)
-        h = net.residuals(net.enc3(h2))
-        h = self._upsample(net.up1, h, h2)
-        h = self._upsample(net.up2, h, image)
-        return apply_output_head(net.conv_out(net.pad_out(h)), net.config.output_head)
 
 
 def check_against_eager(
@@ -97,7 +63,7 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation/tracer notes
             torch.onnx.export(
-                ExportableNet(net).eval(),
+                net,
                 (torch.rand(1, 3, 64, 64),),
                 str(tmp),
                 dynamo=False,  # the dynamo exporter needs onnxscript; this one needs nothing extra
@@ -138,7 +104,7 @@ def export_torchscript(
     with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit deprecation and tracer notes on shape reads
-            traced = torch.jit.trace(ExportableNet(net).eval(), torch.rand(1, 3, 64, 64), check_trace=False)
+            traced = torch.jit.trace(net, torch.rand(1, 3, 64, 64), check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
             error = None
             if verify:

@@ -6,6 +6,10 @@ to avoid the checkerboard artefacts of transposed convolutions.
 
 Layout (``width`` = 32, ``num_residual`` = 5 gives Johnson's network):
 c9s1-32, d64, d128, 5 x R128, u64, u32, c9s1-3.
+
+The same forward pass runs in training, in inference and in the ONNX / TorchScript
+exports: every size it uses is read off a tensor, so a traced graph keeps height and
+width symbolic and takes any input size.
 """
 
 from __future__ import annotations
@@ -70,10 +74,10 @@ class ResidualBlock(nn.Module):
 
 
 class UpsampleBlock(nn.Module):
-    """x2 upsampling to an exact target size, then instance norm + ReLU.
+    """x2 upsampling to the size of the matching encoder tensor, then instance norm + ReLU.
 
-    The target size is the size of the matching encoder feature map, so the
-    decoder undoes the encoder exactly for any input size, odd ones included.
+    Upsampling to that exact size (not by a fixed factor 2) makes the decoder undo the
+    encoder for any input size, odd ones included.
     """
 
     def __init__(self, c_in: int, c_out: int, mode: str) -> None:
@@ -83,15 +87,45 @@ class UpsampleBlock(nn.Module):
             self.pad = nn.ReflectionPad2d(1)
             self.conv = nn.Conv2d(c_in, c_out, 3)
         else:
-            self.conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1)
+            # Always one extra row and column (2 x the input size), cropped in forward:
+            # ConvTranspose2d(output_size=...) would turn the size into a constant at
+            # trace time. Output padding only appends at the bottom/right, so the crop
+            # computes exactly what output_size would.
+            self.conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
         self.norm = nn.InstanceNorm2d(c_out, affine=True)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        height, width = like.shape[-2], like.shape[-1]
         if self.mode == "resize_conv":
-            x = self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
+            x = self.conv(self.pad(F.interpolate(x, size=(height, width), mode="nearest")))
         else:
-            x = self.conv(x, output_size=size)
+            x = self.conv(x)[:, :, :height, :width]
         return F.relu(self.norm(x))
+
+
+class OutputHead(nn.Module):
+    """Maps the last convolution's output to the [0, 1] image range the loss network expects.
+
+    ``none`` leaves it unbounded, ``clamp`` clips it, ``tanh`` is Johnson's scaled tanh
+    written for [0, 1] images instead of 0-255. No parameters: the choice lives in the
+    config, so state dicts are the same for every head.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in OUTPUT_HEADS:
+            raise ValueError(f"output head must be one of {OUTPUT_HEADS}, got {kind!r}")
+        self.kind = kind
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "clamp":
+            return y.clamp(0.0, 1.0)
+        if self.kind == "tanh":
+            return 0.5 * (torch.tanh(y) + 1.0)
+        return y
+
+    def extra_repr(self) -> str:
+        return self.kind
 
 
 class TransformerNet(nn.Module):
@@ -109,29 +143,23 @@ class TransformerNet(nn.Module):
         self.up2 = UpsampleBlock(2 * w, w, self.config.upsample)
         self.pad_out = nn.ReflectionPad2d(4)
         self.conv_out = nn.Conv2d(w, 3, 9)
+        self.head = OutputHead(self.config.output_head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        full = x.shape[-2:]
-        h1 = self.enc1(x)
-        h2 = self.enc2(h1)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h2 = self.enc2(self.enc1(image))
         h = self.residuals(self.enc3(h2))
-        h = self.up1(h, h2.shape[-2:])
-        h = self.up2(h, full)
-        return apply_output_head(self._conv_out(self.pad_out(h)), self.config.output_head)
+        h = self.up1(h, like=h2)
+        h = self.up2(h, like=image)
+        return self.head(self._conv_out(self.pad_out(h)))
 
     def _conv_out(self, h: torch.Tensor) -> torch.Tensor:
         # On CPU the 32->3 9x9 conv is 2.3x faster (backward above all) in channels_last,
         # even inside an otherwise NCHW network: 8% of a whole training step (BENCHMARKS.md).
-        if h.device.type == "cpu" and not h.is_contiguous(memory_format=torch.channels_last):
+        # Not while exporting: the layout switch is an eager-mode speed trick, not part of the graph.
+        if (
+            h.device.type == "cpu"
+            and not h.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+        ):
             return self.conv_out(h.contiguous(memory_format=torch.channels_last)).contiguous()
         return self.conv_out(h)
-
-
-def apply_output_head(y: torch.Tensor, head: str) -> torch.Tensor:
-    """Map raw network output to the [0, 1] image range the loss network expects."""
-    if head == "clamp":
-        return y.clamp(0.0, 1.0)
-    if head == "tanh":
-        # Johnson's scaled tanh, expressed for [0, 1] images instead of 0-255.
-        return 0.5 * (torch.tanh(y) + 1.0)
-    return y
