@@ -17,7 +17,7 @@ from fst.errors import FstError
 from fst.train.export import export_checkpoint, export_model, main
 from fst.nets.export_formats import EXPORT_TOLERANCE, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from fst.nets.model_file import load_model, read_metadata
-from fst.images import image_to_tensor
+from fst.images import pil_to_tensor
 from fst.infer.stylizer import Stylizer
 from fst.train.run import train
 
@@ -52,7 +52,7 @@ def test_checkpoint_export_equals_the_lightning_module(compose_cfg, photo_dir: P
     out = export_checkpoint(checkpoints[-1], tmp_path / "exported.safetensors")
     net, meta = load_model(out)
     module = keep.module.eval()
-    x = image_to_tensor(photo(0).resize((72, 52)))[None]
+    x = pil_to_tensor(photo(0).resize((72, 52)))[None]
     with torch.no_grad():
         expected = module(x).float()
         got = net(x)

@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from _infer_corpus import build_corpus, photo, random_model, rotated_photo, snapshot
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
+from _infer_corpus import build_corpus, jpeg_bytes, photo, random_model, rotated_photo, snapshot
+from fst.errors import FstError
+from fst.fsutil import atomic_path, atomic_write_text, umask
+from fst.images import decode_image, open_rgb, pil_to_tensor, read_photo, write_photo
 from fst.infer.cli import main
-from fst.images import image_to_tensor
+from fst.resources import BUNDLED_MODELS_DIR
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
@@ -66,7 +68,7 @@ def test_corpus_good_photos_written_bad_ones_named_exit_1(tmp_path: Path, model:
     assert sizes["dot_teststyle.jpg"] == (256, 256)
     with Image.open(written["alpha_teststyle.png"]) as img:
         assert img.mode == "RGBA"
-        alpha = image_to_tensor(img.getchannel("A"))
+        alpha = pil_to_tensor(img.getchannel("A"))
     assert alpha[..., :120].max() < 0.02 and alpha[..., 136:].min() > 0.98  # left half stays transparent
     assert set(proc.stdout.split()) == {str(p) for p in written.values()}
 
@@ -181,7 +183,7 @@ def test_exif_rotation_and_strength_zero_reproduce_the_upright_photo(tmp_path: P
         upright = img.convert("RGB").transpose(Image.Transpose.ROTATE_270)
     with Image.open(out / "r_teststyle.png") as result:
         assert result.size == upright.size == (64, 96)
-        assert (image_to_tensor(result) - image_to_tensor(upright)).abs().max() <= 1 / 255 + 1e-6
+        assert (pil_to_tensor(result) - pil_to_tensor(upright)).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_pytorch_examples_and_onnx_models_run_from_the_cli(tmp_path: Path, model: Path) -> None:
@@ -214,15 +216,15 @@ def test_pytorch_examples_and_onnx_models_run_from_the_cli(tmp_path: Path, model
                  "--format", "png", "--no-progress"]) == 0
     assert main(["-m", str(tmp_path / "w32.safetensors"), str(tmp_path / "a.png"), "-o", str(tmp_path / "o2"),
                  "--format", "png", "--no-progress"]) == 0
-    legacy = image_to_tensor(Image.open(tmp_path / "o1" / "a_candy.png"))
-    ours = image_to_tensor(Image.open(tmp_path / "o2" / "a_teststyle.png"))
+    legacy = pil_to_tensor(Image.open(tmp_path / "o1" / "a_candy.png"))
+    ours = pil_to_tensor(Image.open(tmp_path / "o2" / "a_teststyle.png"))
     assert (legacy - ours).abs().max() <= 1 / 255 + 1e-6  # same net up to 8-bit rounding
 
     pytest.importorskip("onnxruntime")
     onnx_path, _ = export_model(tmp_path / "w32.safetensors", tmp_path / "w32.onnx", "onnx")
     assert main(["-m", str(onnx_path), str(tmp_path / "a.png"), "-o", str(tmp_path / "o3"), "--format", "png",
                  "--no-progress"]) == 0
-    graph = image_to_tensor(Image.open(tmp_path / "o3" / "a_teststyle.png"))
+    graph = pil_to_tensor(Image.open(tmp_path / "o3" / "a_teststyle.png"))
     assert (graph - ours).abs().max() <= 1 / 255 + 1e-6
     # ONNX graphs cannot swap their norm statistics, so explicit tiling is a usage error.
     assert main(["-m", str(onnx_path), str(tmp_path / "a.png"), "-o", str(tmp_path / "o4"), "--tile", "256"]) == 2
@@ -241,3 +243,45 @@ def test_names_resolve_in_the_repo_checkpoints_folder() -> None:
     finally:
         if env is not None:
             os.environ["FST_MODELS"] = env
+
+
+# --- image IO ----------------------------------------------------------------------------------
+
+
+def test_one_decoder_for_paths_and_bytes(tmp_path: Path, monkeypatch) -> None:
+    stored, data = rotated_photo()
+    (tmp_path / "r.jpg").write_bytes(data)
+    from_bytes, from_path = decode_image(data, name="shard-0: r"), decode_image(tmp_path / "r.jpg")
+    assert from_bytes.rgb.size == from_path.rgb.size == (stored.height, stored.width)  # upright
+    assert from_bytes.rgb.tobytes() == from_path.rgb.tobytes() == open_rgb(tmp_path / "r.jpg").tobytes()
+    big = jpeg_bytes(photo(0).resize((1280, 800)))
+    assert decode_image(big, min_side=400).rgb.size == (640, 400)  # JPEG draft: DCT scaling by 1/2
+    assert decode_image(big, min_side=300).rgb.size == (640, 400)  # 1/4 would give 200 < 300
+    with pytest.raises(FstError, match=r"^shard-0: r: not a readable image"):
+        decode_image(data[: len(data) // 2], name="shard-0: r")
+    with pytest.raises(FstError, match=r"^image data: not a readable image"):
+        decode_image(b"not an image")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(FstError, match=r"r\.jpg: refused, too many pixels"):
+        read_photo(tmp_path / "r.jpg")
+
+
+def test_writes_are_atomic_and_never_clobber_unless_asked(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.png"
+    rgb = torch.rand(3, 8, 10)
+    write_photo(target, rgb)
+    first = target.read_bytes()
+    with pytest.raises(FstError, match="out.png: already exists"):
+        write_photo(target, torch.zeros(3, 8, 10))
+    assert target.read_bytes() == first
+    write_photo(target, torch.zeros(3, 8, 10), overwrite=True)
+    assert target.read_bytes() != first
+    with pytest.raises(FileExistsError):
+        atomic_write_text(target, "x", overwrite=False)
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "half.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert not (tmp_path / "half.txt").exists()
+    note = atomic_write_text(tmp_path / "note.txt", "hello\n")
+    assert note.read_text() == "hello\n" and note.stat().st_mode & 0o777 == 0o666 & ~umask()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["note.txt", "out.png", "sub"]  # no temporary left

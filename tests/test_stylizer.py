@@ -17,7 +17,7 @@ from _infer_corpus import photo, random_model, rotated_photo
 from fst.infer.color import rgb_to_ycbcr
 from fst.errors import FstError
 from fst.nets.legacy import load_legacy_model
-from fst.images import image_to_tensor
+from fst.images import pil_to_tensor
 from fst.infer.stylizer import Stylizer
 from fst.infer.tiling import tile_grid
 
@@ -113,7 +113,7 @@ def test_fast_neural_style_state_dict_loads_and_matches_their_network(tmp_path: 
 
     net, meta = load_legacy_model(path)
     assert net.config.width == 32 and net.config.num_residual == 5 and net.config.output_head == "clamp"
-    x = image_to_tensor(photo(0).resize((96, 64)))[None]
+    x = pil_to_tensor(photo(0).resize((96, 64)))[None]
     with torch.no_grad():
         theirs = (their_net(x * 255.0) / 255.0).clamp(0, 1)
         ours = net(x)
@@ -193,7 +193,7 @@ def test_exif_orientation_is_applied(stylizer: Stylizer) -> None:
         decoded = img.convert("RGB")
     upright = decoded.transpose(Image.Transpose.ROTATE_270)  # orientation 6 = rotate 90 clockwise
     assert out.size == (stored.height, stored.width)
-    assert (image_to_tensor(out) - image_to_tensor(upright)).abs().max() <= 1 / 255 + 1e-6
+    assert (pil_to_tensor(out) - pil_to_tensor(upright)).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_tensor_batches_match_single_images(stylizer: Stylizer) -> None:
@@ -216,7 +216,7 @@ def test_tiny_images_do_not_crash(stylizer: Stylizer, size: tuple[int, int]) -> 
 
 def test_precision_bf16_runs_close_to_fp32(tmp_path: Path) -> None:
     path = random_model(tmp_path / "m.safetensors", width=8)
-    x = image_to_tensor(photo(0).resize((64, 48)))
+    x = pil_to_tensor(photo(0).resize((64, 48)))
     fp32 = Stylizer.load(path, device="cpu", precision="fp32")(x)
     bf16 = Stylizer.load(path, device="cpu", precision="bf16")(x)
     assert fp32.dtype == bf16.dtype == torch.float32
@@ -245,7 +245,7 @@ def test_names_resolve_in_fst_models_and_unknown_names_list_the_available(tmp_pa
 
 
 def test_preserve_color_keeps_the_photos_chroma(stylizer: Stylizer) -> None:
-    x = image_to_tensor(photo(3).resize((96, 72)))
+    x = pil_to_tensor(photo(3).resize((96, 72)))
     plain = stylizer(x)
     kept = stylizer(x, preserve_color=True)
     chroma_in, chroma_plain, chroma_kept = (rgb_to_ycbcr(t)[1:] for t in (x, plain, kept))
@@ -259,7 +259,7 @@ def test_preserve_color_keeps_the_photos_chroma(stylizer: Stylizer) -> None:
 
 
 def test_strength_blends_towards_the_photo(stylizer: Stylizer) -> None:
-    x = image_to_tensor(photo(1).resize((64, 48)))
+    x = pil_to_tensor(photo(1).resize((64, 48)))
     full = stylizer(x)
     assert torch.equal(stylizer(x, strength=0.0), x)
     assert (stylizer(x, strength=0.5) - (x + full) / 2).abs().max() < 1e-5
@@ -290,7 +290,7 @@ def _borders(tiles, height: int, width: int) -> tuple[list[int], list[int]]:
 
 
 def test_tiled_output_matches_untiled_without_seams(stylizer: Stylizer) -> None:
-    x = image_to_tensor(photo(0).resize((480, 320)))[None]
+    x = pil_to_tensor(photo(0).resize((480, 320)))[None]
     whole = stylizer.stylize_batch(x, tile=None)
     tiled = stylizer.stylize_batch(x, tile=160, overlap=64)
     tiles = tile_grid(320, 480, 160, 64)
@@ -322,7 +322,7 @@ def test_tiled_output_matches_untiled_without_seams(stylizer: Stylizer) -> None:
 
 
 def test_tiles_share_statistics_taken_from_a_downscaled_image(stylizer: Stylizer) -> None:
-    x = image_to_tensor(photo(2).resize((480, 320)))[None]
+    x = pil_to_tensor(photo(2).resize((480, 320)))[None]
     cols, rows = _borders(tile_grid(320, 480, 160, 64), 320, 480)
     whole = stylizer.stylize_batch(x, tile=None)
     small_stats = stylizer.stylize_batch(x, tile=160, overlap=64, stats_size=240)
@@ -337,7 +337,7 @@ def test_onnx_model_runs_like_the_pytorch_one(tmp_path: Path) -> None:
 
     source = random_model(tmp_path / "m.safetensors", width=8)
     onnx_path, _ = export_model(source, tmp_path / "m.onnx", "onnx")
-    x = image_to_tensor(photo(0).resize((70, 45)))
+    x = pil_to_tensor(photo(0).resize((70, 45)))
     eager = Stylizer.load(source, device="cpu")
     graph = Stylizer.load(onnx_path, device="cpu")
     assert graph.style == eager.style == "teststyle"

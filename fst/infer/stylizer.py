@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
+from fst.errors import FstError
+from fst.images import pil_to_tensor, resize_long_side, tensor_to_pil, upright
 from fst.infer.backends import OnnxBackend, TorchBackend, load_backend
 from fst.infer.color import blend
 from fst.infer.color import preserve_color as luminance_transfer
-from fst.errors import FstError
 from fst.infer.tiling import tiled_forward
 
 # Below this many pixels per side reflection padding inside the network is impossible
@@ -106,18 +107,16 @@ class Stylizer:
         return out[0] if image.dim() == 3 else out
 
     def _stylize_pils(self, images: list[Image.Image], size: int | None, batch_size: int, options: dict) -> list[Image.Image]:
-        from fst.images import resize_long_side
-        from fst.images import image_to_tensor, split_alpha, to_pil
-
         rgbs, alphas = [], []
         for img in images:
-            rgb, alpha = split_alpha(ImageOps.exif_transpose(img))
+            decoded = upright(img)
+            rgb, alpha = decoded.rgb, decoded.alpha
             if size:
                 rgb, alpha = resize_long_side(rgb, size), (resize_long_side(alpha, size) if alpha is not None else None)
-            rgbs.append(image_to_tensor(rgb))
-            alphas.append(image_to_tensor(alpha) if alpha is not None else None)
+            rgbs.append(pil_to_tensor(rgb))
+            alphas.append(pil_to_tensor(alpha) if alpha is not None else None)
         outs = self.stylize_many(rgbs, batch_size=batch_size, **options)
-        return [to_pil(out, alpha) for out, alpha in zip(outs, alphas)]
+        return [tensor_to_pil(out, alpha) for out, alpha in zip(outs, alphas)]
 
     def stylize_many(self, images: Sequence[torch.Tensor], batch_size: int = 4, **options: Any) -> list[torch.Tensor]:
         """Stylize (3, H, W) tensors, batching runs of equal-sized images; returns CPU tensors."""
