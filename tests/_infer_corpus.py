@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
-from fst.nets.model_file import save_model
-from fst.nets.transformer import TransformerNet, TransformerNetConfig
+from fst.nets import TransformerNet, TransformerNetConfig, save_model
+from fst.resources import ASSETS_DIR
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 

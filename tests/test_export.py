@@ -14,7 +14,7 @@ import torch
 from _infer_corpus import photo, random_model
 from conftest import VAL_PHOTOS
 from fst.errors import FstError
-from fst.train.export import export_checkpoint, export_model, main
+from fst.train.export import export_model, main
 from fst.nets.export_formats import EXPORT_TOLERANCE, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from fst.nets.model_file import load_model, read_metadata
 from fst.images import pil_to_tensor
@@ -49,7 +49,7 @@ def test_checkpoint_export_equals_the_lightning_module(compose_cfg, photo_dir: P
     checkpoints = sorted((Path(result["output_dir"]) / "checkpoints").glob("*.ckpt"))
     assert checkpoints, "training wrote no checkpoint"
 
-    out = export_checkpoint(checkpoints[-1], tmp_path / "exported.safetensors")
+    out, _ = export_model(checkpoints[-1], tmp_path / "exported.safetensors")
     net, meta = load_model(out)
     module = keep.module.eval()
     x = pil_to_tensor(photo(0).resize((72, 52)))[None]

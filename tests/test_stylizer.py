@@ -17,6 +17,7 @@ from _infer_corpus import photo, random_model, rotated_photo
 from fst.infer.color import rgb_to_ycbcr
 from fst.errors import FstError
 from fst.nets.legacy import load_legacy_model
+from fst import nets
 from fst.images import pil_to_tensor
 from fst.infer.stylizer import Stylizer
 from fst.infer.tiling import tile_grid
@@ -344,3 +345,22 @@ def test_onnx_model_runs_like_the_pytorch_one(tmp_path: Path) -> None:
     assert (graph(x) - eager(x)).abs().max() < 1e-4
     with pytest.raises(FstError, match="tiling needs a PyTorch model"):
         graph(x, tile=64)
+
+
+# --- one loader --------------------------------------------------------------------------------
+
+
+def test_nets_load_reads_both_model_kinds_and_refuses_the_rest(tmp_path: Path) -> None:
+    net, meta = nets.load(random_model(tmp_path / "ours.safetensors", width=8))
+    assert not net.training and meta["style_name"] == "teststyle" and meta["format"] == "fst.model/1"
+    _, state = _their_state_dict()
+    torch.save(state, tmp_path / "candy.model")
+    net, meta = nets.load(tmp_path / "candy.model")
+    assert not net.training and net.config.upsample == "resize_conv" and meta["style_name"] == "candy"
+    torch.save({"state_dict": {}}, tmp_path / "run.ckpt")
+    with pytest.raises(FstError, match=r"run\.ckpt: a training checkpoint"):
+        nets.load(tmp_path / "run.ckpt")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(FstError, match=r"notes\.txt: unknown model format \.txt"):
+        nets.load(tmp_path / "notes.txt")
+

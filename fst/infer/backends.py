@@ -21,15 +21,16 @@ from typing import Any
 
 import torch
 
-from fst.errors import FstError
+from fst import nets
+from fst.errors import FstError, UsageError
+from fst.nets.export_formats import ONNX_METADATA_KEY
+from fst.nets.legacy import LEGACY_SUFFIXES
 from fst.resources import model_search_dirs
 
 NAMED_SUFFIXES = (".safetensors", ".onnx")
-LEGACY_SUFFIXES = (".pth", ".model", ".pt")
-ONNX_METADATA_KEY = "fst_metadata"
 
 
-class ModelNotFound(FstError):
+class ModelNotFound(UsageError):
     """The -m argument names no model: a usage error."""
 
 
@@ -64,21 +65,32 @@ def resolve_model(spec: str | Path) -> Path:
     raise ModelNotFound(f"unknown model {text!r}: available: {names} (searched {searched})")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda, else mps, else cpu; an explicit device that is missing is an FstError."""
-    if device == "auto":
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; an explicit device (``cuda:1`` too) that is missing is an FstError."""
+    if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FstError("--device cuda: no CUDA device available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FstError("--device mps: no Apple MPS device available")
-    if device not in ("cpu", "cuda", "mps"):
-        raise FstError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise FstError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {str(device)!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FstError(f"--device {device}: no CUDA device available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FstError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not _mps_available():
+        raise FstError(f"--device {device}: no Apple MPS device available")
+    return dev
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -153,22 +165,9 @@ def load_backend(spec: str | Path, device: str = "auto", precision: str = "auto"
     path = resolve_model(spec)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         if precision not in ("auto", "fp32"):
             raise FstError(f"{path}: ONNX models run in fp32 only (got --precision {precision})")
         return OnnxBackend(path, dev), path
-    if suffix in LEGACY_SUFFIXES:
-        from fst.nets.legacy import load_legacy_model
-
-        net, meta = load_legacy_model(path)
-        return TorchBackend(net, meta, dev, dtype), path
-    if suffix == ".safetensors":
-        from fst.nets.model_file import load_model
-
-        net, meta = load_model(path)
-        return TorchBackend(net, meta, dev, dtype), path
-    raise FstError(
-        f"{path}: unknown model format {suffix or '(no suffix)'} "
-        f"(expected {', '.join((*NAMED_SUFFIXES, *LEGACY_SUFFIXES))})"
-    )
+    net, meta = nets.load(path)
+    return TorchBackend(net, meta, dev, dtype), path

@@ -49,6 +49,8 @@ _RESIDUAL = {"conv1.conv2d": "block1.conv", "in1": "block1.norm", "conv2.conv2d"
 _STRAY_STATS = re.compile(r"(^|\.)in\d+\.(running_mean|running_var|num_batches_tracked)$")
 _RESIDUAL_KEY = re.compile(r"^res(\d+)\.(.+)\.(weight|bias)$")
 _PIXEL_SCALE = 255.0
+# What their training script and its forks save to (``.pt`` is also TorchScript's, refused below).
+LEGACY_SUFFIXES = (".pth", ".model", ".pt")
 
 
 def is_legacy_state_dict(state: Any) -> bool:

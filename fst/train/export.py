@@ -17,7 +17,7 @@ import torch
 
 from fst.errors import FstError
 from fst.fsutil import file_sha256
-from fst.nets.model_file import FORMAT, PREPROCESSING, fst_version, load_model, save_model
+from fst.nets.model_file import full_metadata, load_model, save_model
 from fst.nets.transformer import TransformerNet, TransformerNetConfig
 
 
@@ -79,12 +79,6 @@ def load_source(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
     return net_from_checkpoint(path)
 
 
-def full_metadata(net: TransformerNet, meta: dict[str, Any]) -> dict[str, Any]:
-    """The header an fst model file carries (as save_model writes it), for ONNX/TorchScript files."""
-    return {"format": FORMAT, "architecture": net.config.to_dict(), "fst_version": fst_version(),
-            "preprocessing": PREPROCESSING, **meta}
-
-
 def default_output(source: str | Path, fmt: str) -> Path:
     source = Path(source)
     return source.with_name(source.name.split(".")[0] + FORMATS[fmt])
@@ -108,13 +102,6 @@ def export_model(
     if fmt == "onnx":
         return export_onnx(net, out, header, verify=verify)
     return export_torchscript(net, out, header, verify=verify)
-
-
-def export_checkpoint(ckpt_path: str | Path, out: str | Path | None = None) -> Path:
-    """Lightning checkpoint -> ``.safetensors`` model file (default: next to the checkpoint)."""
-    net, meta = net_from_checkpoint(ckpt_path)
-    out = Path(out) if out else Path(ckpt_path).with_suffix(".safetensors")
-    return save_model(net, out, meta)
 
 
 def main(argv: list[str] | None = None) -> int:
