@@ -6,18 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 from fst._version import __version__
 
-from fst.stylize import stylize  # noqa: E402
-
 if TYPE_CHECKING:
-    from fst.infer.stylizer import Stylizer
+    from fst.infer.stylizer import Stylizer, stylize
 
 __all__ = ["__version__", "stylize", "Stylizer"]
 
 
 def __getattr__(name: str) -> Any:
-    # Stylizer pulls in torch; imported on first use so `import fst` stays light.
-    if name == "Stylizer":
-        from fst.infer.stylizer import Stylizer
+    # Both pull in torch: imported on first use so that `import fst` stays light.
+    if name in ("stylize", "Stylizer"):
+        from fst.infer import stylizer
 
-        return Stylizer
+        return getattr(stylizer, name)
     raise AttributeError(f"module 'fst' has no attribute {name!r}")

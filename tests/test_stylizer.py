@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from fst.infer.color import rgb_to_ycbcr
 from fst.errors import FstError
 from fst.nets.legacy import load_legacy_model
 from fst import nets
-from fst.images import pil_to_tensor
+from fst.images import pil_to_tensor, tensor_to_pil
 from fst.infer.stylizer import Stylizer
 from fst.infer.tiling import tile_grid
 
@@ -347,7 +349,7 @@ def test_onnx_model_runs_like_the_pytorch_one(tmp_path: Path) -> None:
         graph(x, tile=64)
 
 
-# --- one loader --------------------------------------------------------------------------------
+# --- one loader, one shortcut ------------------------------------------------------------------
 
 
 def test_nets_load_reads_both_model_kinds_and_refuses_the_rest(tmp_path: Path) -> None:
@@ -364,3 +366,27 @@ def test_nets_load_reads_both_model_kinds_and_refuses_the_rest(tmp_path: Path) -
     with pytest.raises(FstError, match=r"notes\.txt: unknown model format \.txt"):
         nets.load(tmp_path / "notes.txt")
 
+
+def test_fst_stylize_shortcut_and_a_light_import(tmp_path: Path) -> None:
+    path = random_model(tmp_path / "m.safetensors", width=8)
+    photo(0).resize((40, 30)).convert("RGBA").save(tmp_path / "p.png")
+    import fst
+
+    out = fst.stylize(path, tmp_path / "p.png")
+    assert out.mode == "RGB" and out.size == (40, 30)
+    assert fst.stylize(path, Image.open(tmp_path / "p.png")).tobytes() == out.tobytes()
+    probe = "import fst, sys; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_contact_sheet_cells_are_the_stylizers_output(tmp_path: Path) -> None:
+    from fst.sweep.contact_sheet import stylize_photos
+
+    path = random_model(tmp_path / "m.safetensors", width=8, output_head="none")
+    photos = torch.stack([pil_to_tensor(photo(i).resize((48, 32))) for i in range(2)])
+    cells = stylize_photos(path, photos, "cpu")
+    net, _ = nets.load(path)
+    with torch.no_grad():
+        expected = net(photos).clamp(0, 1)  # a plain forward pass, as the sheet always drew
+    assert [c.size for c in cells] == [(48, 32)] * 2
+    assert all(c.tobytes() == tensor_to_pil(e).tobytes() for c, e in zip(cells, expected))

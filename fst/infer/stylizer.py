@@ -4,6 +4,7 @@
 >>> s = Stylizer.load("starry_night")          # a name, or a .safetensors/.onnx/.pth path
 >>> out = s(Image.open("photo.jpg"), size=1024)  # PIL in, PIL out (alpha kept)
 >>> batch_out = s(torch.rand(4, 3, 256, 256))    # tensors in [0, 1], (3,H,W) or (B,3,H,W)
+>>> fst.stylize("starry_night", "photo.jpg")     # one call: a path or PIL image in, RGB PIL out
 
 Large images are tiled automatically (see :mod:`fst.infer.tiling`); tiny ones are padded
 up to the network's minimum size and cropped back.
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fst.errors import FstError
-from fst.images import pil_to_tensor, resize_long_side, tensor_to_pil, upright
+from fst.images import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil, upright
 from fst.infer.backends import OnnxBackend, TorchBackend, load_backend
 from fst.infer.color import blend
 from fst.infer.color import preserve_color as luminance_transfer
@@ -199,3 +200,11 @@ class Stylizer:
                 backend.net, image.to(backend.device, torch.float32), tile, overlap, stats_size=stats_size, run=backend
             )
 
+
+def stylize(model: str | Path, image: str | Path | Image.Image, device: str = "cpu") -> Image.Image:
+    """Stylize one photo (a path or a PIL image) with ``model`` (a name or a file); returns RGB.
+
+    The one-call shortcut: loads the model each time, so use :class:`Stylizer` for many photos.
+    """
+    img = image.convert("RGB") if isinstance(image, Image.Image) else open_rgb(image)
+    return Stylizer.load(model, device=device)(img)

@@ -176,12 +176,11 @@ def tiled_forward(
     overlap: int,
     stats_size: int = 1024,
     run: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    tiles_per_batch: int = 1,
 ) -> torch.Tensor:
     """Stylize one image (1, 3, H, W) tile by tile; returns (1, 3, H, W) float32 on ``image``'s device.
 
     ``run`` calls the network (for autocast / memory layout); default ``net``.
-    Peak memory is one batch of tiles plus the float32 output and weight accumulators.
+    Peak memory is one tile's activations plus the float32 output and weight accumulators.
     """
     if image.shape[0] != 1:
         raise ValueError("tiled_forward takes one image at a time")
@@ -192,24 +191,10 @@ def tiled_forward(
     output = torch.zeros(1, 3, height, width, device=image.device)
     total = torch.zeros(1, 1, height, width, device=image.device)
     with fixed_norm_stats(net, stats):
-        for group in _same_shape_groups(tiles, tiles_per_batch):
-            batch = torch.cat([image[..., t.top : t.bottom, t.left : t.right] for t in group])
-            result = run(batch).float()
-            for t, out in zip(group, result):
-                weight = blend_weights(t, height, width, overlap).to(image.device)
-                output[0, :, t.top : t.bottom, t.left : t.right] += out * weight
-                total[0, 0, t.top : t.bottom, t.left : t.right] += weight
+        for t in tiles:
+            out = run(image[..., t.top : t.bottom, t.left : t.right]).float()
+            weight = blend_weights(t, height, width, overlap).to(image.device)
+            output[..., t.top : t.bottom, t.left : t.right] += out * weight
+            total[..., t.top : t.bottom, t.left : t.right] += weight
     return output / total
 
-
-def _same_shape_groups(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
-    """Consecutive tiles of equal shape, at most ``size`` per group (so they can be batched)."""
-    group: list[Tile] = []
-    for t in tiles:
-        shape = (t.bottom - t.top, t.right - t.left)
-        if group and (len(group) == size or (group[0].bottom - group[0].top, group[0].right - group[0].left) != shape):
-            yield group
-            group = []
-        group.append(t)
-    if group:
-        yield group

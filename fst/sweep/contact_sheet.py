@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fst.data.transforms import PreviewTransform
 from fst.errors import FstError
 from fst.images import open_rgb, tensor_to_pil
-from fst.nets.model_file import load_model
+from fst.infer import Stylizer
 
 if TYPE_CHECKING:
     from fst.sweep.report import JobRecord
@@ -47,10 +47,10 @@ def _short_names(keys: Sequence[str]) -> dict[str, str]:
 
 
 def stylize_photos(model_path: Path, photos: torch.Tensor, device: str) -> list[Image.Image]:
-    net, _ = load_model(model_path, device)
-    with torch.inference_mode():
-        out = net(photos.to(device)).clamp(0, 1).cpu()
-    return [tensor_to_pil(img) for img in out]
+    """``photos`` (B, 3, H, W) stylized by the model at ``model_path``, whole and in fp32:
+    cells of one sheet differ by their models only."""
+    stylizer = Stylizer.load(model_path, device=device, precision="fp32")
+    return [tensor_to_pil(img) for img in stylizer(photos, tile=None).cpu()]
 
 
 def _layout(jobs: Sequence[JobRecord], swept: Sequence[str]):
