@@ -1,11 +1,11 @@
-"""fst-infer: stylize photos with a trained model.
+"""fst-infer (``fst stylize``): stylize photos with a trained model.
 
     fst-infer -m MODEL INPUT... [-o OUTDIR] [--size N] [--tile auto|N|off] ...
 
 Every good photo is written, every bad one is named on stderr and the rest carry on.
 Exit status: 0 all written (or skipped on request), 1 some input failed, 2 usage
-error (bad option, unknown or unloadable model). Existing files are never replaced
-without --overwrite, and an input is never written over.
+error (bad option, unknown or unloadable model), each problem on one ``error:`` line.
+Existing files are never replaced without --overwrite, and an input is never written over.
 """
 
 from __future__ import annotations
@@ -13,55 +13,62 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from fst.errors import FstError
-from fst.infer.inputs import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Job, check_template, expand_inputs, output_path
+from fst.cli import ArgumentParser, run_command
+from fst.errors import EXIT_FAILED, EXIT_OK, FstError, UsageError
 from fst.images import OUTPUT_FORMATS, Photo, read_photo, write_photo
+from fst.infer.inputs import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Job, check_template, expand_inputs, output_path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:
+    from fst.infer.stylizer import Stylizer
+
+Number = TypeVar("Number", int, float)
+MIN_TILE = 64
+
+
+def number(kind: type[Number], low: Number | None = None, high: Number | None = None) -> Callable[[str], Number]:
+    """An argparse ``type=``: ``kind`` parsed from the text and checked to lie in [low, high]."""
+    noun = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        wanted = f"{noun} in [{low}, {high}]"
+    elif low is not None:
+        wanted = f"{noun} >= {low}"
+    else:
+        wanted = f"{noun} <= {high}" if high is not None else noun
+
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        # Written so that NaN fails both comparisons.
+        if not ((low is None or value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    return parse
 
 
 def _tile_arg(value: str) -> int | str | None:
-    if value in ("auto",):
+    if value == "auto":
         return "auto"
     if value in ("off", "none", "0"):
         return None
     try:
-        tile = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, off or a pixel size, got {value!r}") from None
-    if tile < 64:
-        raise argparse.ArgumentTypeError(f"tiles must be at least 64 pixels, got {tile}")
-    return tile
+        return number(int, low=MIN_TILE)(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a tile size >= {MIN_TILE} pixels, got {value!r}") from None
 
 
-def _strength_arg(value: str) -> float:
-    try:
-        strength = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= strength <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return strength
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
-    return number
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="fst-infer",
         description="Stylize photos with a trained fast-style-transfer model.",
         epilog="Exit status: 0 all done, 1 some inputs failed (each named on stderr), 2 usage error.",
@@ -70,18 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="model name (see --list-models) or a .safetensors/.onnx/.pth file")
     p.add_argument("-o", "--output-dir", default="stylized", type=Path, help="output folder (default: ./stylized)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders (layout is kept)")
-    p.add_argument("--size", type=_positive_int, help="resize so the long side is SIZE pixels (default: keep)")
+    p.add_argument("--size", type=number(int, low=1), help="resize so the long side is SIZE pixels (default: keep)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: fp16 on CUDA, fp32 elsewhere")
-    p.add_argument("--batch", type=_positive_int, default=1, help="photos per forward pass (equal sizes only)")
+    p.add_argument("--batch", type=number(int, low=1), default=1, help="photos per forward pass (equal sizes only)")
     p.add_argument("--tile", type=_tile_arg, default="auto",
                    help="tile edge in pixels for big images, 'off', or 'auto' (tiles above 4 MP; default)")
-    p.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default: 128)")
+    p.add_argument("--overlap", type=number(int, low=0), default=128, help="tile overlap in pixels (default: 128)")
     p.add_argument("--preserve-color", action="store_true", help="keep the photo's colours, take only luminance")
-    p.add_argument("--strength", type=_strength_arg, default=1.0, help="0 = photo, 1 = full style (default)")
+    p.add_argument("--strength", type=number(float, 0.0, 1.0), default=1.0, help="0 = photo, 1 = full style (default)")
     p.add_argument("--format", choices=sorted(OUTPUT_FORMATS), help="output format (default: jpg, png with alpha)")
-    p.add_argument("--quality", type=int, default=92, help="JPEG/WebP quality 1-100 (default: 92)")
+    p.add_argument("--quality", type=number(int, 1, 100), default=92, help="JPEG/WebP quality 1-100 (default: 92)")
     p.add_argument("--name", default=DEFAULT_TEMPLATE,
                    help=f"output file name template, fields {{{'}, {'.join(TEMPLATE_FIELDS)}}} "
                         f"(default: {DEFAULT_TEMPLATE})")
@@ -105,7 +112,7 @@ class Outcome:
 class Runner:
     """The per-photo loop: decode ahead in a thread, stylize in batches, write, report."""
 
-    def __init__(self, args: argparse.Namespace, stylizer, inputs: set[Path], bar) -> None:
+    def __init__(self, args: argparse.Namespace, stylizer: Stylizer, inputs: set[Path], bar: Any) -> None:
         self.args = args
         self.stylizer = stylizer
         self.inputs = inputs
@@ -220,6 +227,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``fst stylize`` / ``fst-infer``: returns the exit status; problems go to stderr as ``error:`` lines."""
+    return run_command(_stylize_command, argv)
+
+
+def _stylize_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_models:
@@ -232,10 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-m/--model is required (see --list-models)")
     if not args.inputs:
         parser.error("no INPUT given")
-    if not 1 <= args.quality <= 100:
-        parser.error(f"--quality must be in 1..100, got {args.quality}")
-    if args.overlap < 0:
-        parser.error(f"--overlap must be >= 0, got {args.overlap}")
     try:
         check_template(args.name)
     except ValueError as exc:
@@ -247,13 +255,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         stylizer = Stylizer.load(args.model, device=args.device, precision=args.precision)
+    except UsageError:
+        raise
     except FstError as exc:
-        print(f"fst-infer: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None  # a model that cannot be used is a bad -m
     if isinstance(args.tile, int) and not stylizer.backend.supports_tiling:
-        print(f"fst-infer: error: --tile needs a PyTorch model (.safetensors or .pth); {args.model} is ONNX",
-              file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--tile needs a PyTorch model (.safetensors or .pth); {args.model} is ONNX")
 
     expansion = expand_inputs(args.inputs, recursive=args.recursive, exclude=args.output_dir)
     for message in expansion.failures:
@@ -264,11 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, stylizer, inputs, bar)
     try:
         runner.run(expansion.jobs)
-    except KeyboardInterrupt:
-        bar.close()
-        print("interrupted", file=sys.stderr)
-        return 130
-    bar.close()
+    finally:
+        bar.close()  # before run_command reports an interruption
     out = runner.outcome
     failed = out.failed + len(expansion.failures)
     summary = f"{out.written} written, {failed} failed"
