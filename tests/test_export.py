@@ -13,6 +13,7 @@ import torch
 
 from _infer_corpus import photo, random_model
 from conftest import VAL_PHOTOS
+from fst.cli import run_command
 from fst.errors import FstError
 from fst.train.export import export_model, main
 from fst.nets.export_formats import EXPORT_TOLERANCE, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE
@@ -132,7 +133,7 @@ def test_export_cli_reports_the_verified_error(tmp_path: Path, capsys) -> None:
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tmp_path / "out" / "x.onnx")
     assert "verified: max |onnx - eager|" in captured.err
-    assert main([str(source)]) == 1  # default output would be the source itself
+    assert run_command(main, [str(source)]) == 1  # default output would be the source itself
     assert "refusing to overwrite the source" in capsys.readouterr().err
 
 
