@@ -1,7 +1,10 @@
 """Print each style layer's share of the style gradient, raw Gram MSE vs fst's normalised,
 weighted loss, for every bundled style over the held-out photos.
 
-    python scripts/style_layer_balance.py [--size 128] [--weights caffe]
+    python scripts/style_layer_balance.py [--size 128] [--weights caffe] [Hydra overrides ...]
+
+The loss of each style is configs/loss (as training builds it), e.g.
+``loss.style_layers.relu4_3=0.1`` to try another weight.
 """
 
 from __future__ import annotations
@@ -9,35 +12,37 @@ from __future__ import annotations
 import argparse
 
 import torch
+from hydra import compose, initialize_config_dir
 from torchvision.transforms import v2
 
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
-from fst.research.diagnostics import style_gradient_shares
 from fst.images import list_images, open_rgb, pil_to_tensor, resize_short_side
-from fst.loss.perceptual import PerceptualLoss
-from fst.loss.weights import load_vgg16_weights
-
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
-
-LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 0.3, "relu4_3": 0.03}
+from fst.research.diagnostics import style_gradient_shares
+from fst.resources import CONFIG_DIR, STYLES_DIR, VAL_PHOTOS_DIR
+from fst.train.config import instantiate, register_resolvers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--weights", default="caffe")
+    parser.add_argument("--weights", default="caffe", help="loss.vgg_weights")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     args = parser.parse_args()
-    weights = load_vgg16_weights(args.weights)
     crop = v2.CenterCrop(args.size)
-    photos = [crop(pil_to_tensor(resize_short_side(open_rgb(p), args.size))) for p in list_images(ASSETS_DIR / "photos/val")]
+    photos = [crop(pil_to_tensor(resize_short_side(open_rgb(p), args.size))) for p in list_images(VAL_PHOTOS_DIR)]
     batch = torch.stack(photos)
-    print(f"| style | loss | {' | '.join(LAYERS)} |")
-    print("|---|---|" + "---|" * len(LAYERS))
-    for style in sorted(p.stem for p in (ASSETS_DIR / "styles").glob("*.jpg")):
-        loss = PerceptualLoss(ASSETS_DIR / f"styles/{style}.jpg", 512, style_layers=LAYERS, vgg_weights=weights)
+    register_resolvers()
+    styles = sorted(p.stem for p in STYLES_DIR.glob("*.jpg"))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        configs = {style: compose("train", [f"style={style}", f"loss.vgg_weights={args.weights}", *args.overrides])
+                   for style in styles}
+    layers = list(next(iter(configs.values())).loss.style_layers)
+    print(f"| style | loss | {' | '.join(layers)} |")
+    print("|---|---|" + "---|" * len(layers))
+    for style, cfg in configs.items():
+        loss = instantiate(cfg.loss)
         for label, normalised in (("raw Gram MSE", False), ("fst (relative, weighted)", True)):
             shares = style_gradient_shares(loss, batch, normalised=normalised)
-            print(f"| {style} | {label} | " + " | ".join(f"{100 * shares[l]:.1f}%" for l in LAYERS) + " |")
+            print(f"| {style} | {label} | " + " | ".join(f"{100 * shares[l]:.1f}%" for l in layers) + " |")
 
 
 if __name__ == "__main__":

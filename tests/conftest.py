@@ -19,29 +19,13 @@ ASSETS = ASSETS_DIR
 TRAIN_PHOTOS = ASSETS / "photos" / "train"
 VAL_PHOTOS = ASSETS / "photos" / "val"
 
-# Small enough for 2 CPU cores, large enough that every part runs for real.
-TINY = [
-    "trainer=cpu",
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.log_every_n_steps=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "data.image_size=48",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.val_count=2",
-    "data.val_size=48",
-    "model.net.width=8",
-    "model.net.num_residual=1",
-    "style.size=96",
-]
+# configs/debug/tiny.yaml: small enough for 2 CPU cores, large enough that every part runs for real.
+TINY = ["debug=tiny"]
 
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """compose(overrides) of configs/train.yaml with the TINY shrink and an output dir in tmp_path."""
+    """compose(overrides) of configs/train.yaml with debug=tiny and an output dir in tmp_path."""
     register_resolvers()
 
     def _compose(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:

@@ -68,10 +68,10 @@ def test_every_listed_style_layer_drives_training(compose_cfg) -> None:
 
     from fst.research.diagnostics import style_gradient_shares
     from fst.images import open_rgb, pil_to_tensor, resize_short_side
-    from fst.train.run import build_loss
+    from hydra.utils import instantiate
 
     cfg = compose_cfg(["style.size=256"])
-    loss = build_loss(cfg)
+    loss = instantiate(cfg.loss)
     photo = v2.CenterCrop(96)(pil_to_tensor(resize_short_side(open_rgb(VAL_PHOTOS / "skimage/chelsea.png"), 96)))
     shares = style_gradient_shares(loss, photo.unsqueeze(0))
     assert set(shares) == {"relu1_2", "relu2_2", "relu3_3", "relu4_3"}

@@ -1,29 +1,25 @@
-"""scripts/quality_report.py and fst.research.gatys: the report uses the model's exact training loss,
+"""fst.research.quality (`fst quality`) and fst.research.gatys: the report uses the model's exact training loss,
 Gatys optimisation lowers it, and the table and contact sheet hold what they claim."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from fst.train.export import module_metadata
-from fst.research.gatys import gatys_stylize
+from fst.cli import run_command
 from fst.images import open_rgb, pil_to_tensor, resize_long_side
 from fst.loss.perceptual import PerceptualLoss
 from fst.nets.model_file import save_model
 from fst.nets.transformer import TransformerNet, TransformerNetConfig
-from fst.resources import ASSETS_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import quality_report  # noqa: E402
+from fst.research import quality as quality_report
+from fst.research.gatys import gatys_stylize
+from fst.resources import ASSETS_DIR, VAL_PHOTOS_DIR
+from fst.train.checkpoint import module_metadata
 
 STYLE = ASSETS_DIR / "styles" / "the_wave.jpg"
 STYLE_SIZE = 64
@@ -60,12 +56,12 @@ def photos(tmp_path: Path) -> Path:
     folder.mkdir()
     # one landscape and one portrait-ish/square photo: the whole photo must be kept
     for name in ("chelsea.png", "camera.png"):
-        (folder / name).write_bytes((ROOT / "assets/photos/val/skimage" / name).read_bytes())
+        (folder / name).write_bytes((VAL_PHOTOS_DIR / "skimage" / name).read_bytes())
     return folder
 
 
 def test_gatys_lowers_the_loss_step_by_step(loss: PerceptualLoss) -> None:
-    photo = pil_to_tensor(resize_long_side(open_rgb(ROOT / "assets/photos/val/skimage/coffee.png"), 40)).unsqueeze(0)
+    photo = pil_to_tensor(resize_long_side(open_rgb(VAL_PHOTOS_DIR / "skimage" / "coffee.png"), 40)).unsqueeze(0)
     for parametrisation in ("sigmoid", "clamp"):
         run = gatys_stylize(loss, photo, [4, 0, 2, 2], parametrisation)
         totals = [s.terms["total"] for s in run.snapshots]
@@ -88,7 +84,7 @@ def test_gatys_lowers_the_loss_step_by_step(loss: PerceptualLoss) -> None:
 
 def test_report_rows_match_a_direct_loss_evaluation(tmp_path: Path, model_path: Path, photos: Path) -> None:
     out = tmp_path / "report"
-    code = quality_report.main([str(model_path), str(photos), "--out", str(out), "--size", str(PHOTO_SIZE),
+    code = run_command(quality_report.main, [str(model_path), str(photos), "--out", str(out), "--size", str(PHOTO_SIZE),
                                 "--steps", *map(str, STEPS), "--goal-steps", "2"])
     assert code == 0
     with open(out / "losses.csv") as fh:
@@ -165,7 +161,7 @@ def test_missing_loss_metadata_is_one_clear_error(tmp_path: Path, photos: Path, 
     net = TransformerNet(TransformerNetConfig(width=8, num_residual=1))
     path = save_model(net, tmp_path / "legacy.safetensors", {"style_name": "the_wave"})
     out = tmp_path / "report"
-    assert quality_report.main([str(path), str(photos), "--out", str(out)]) == 1
+    assert run_command(quality_report.main, [str(path), str(photos), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {path}: metadata has no 'loss' entry (not trained by fst.train), "
                    "so its training loss is unknown"]

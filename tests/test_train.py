@@ -1,21 +1,23 @@
-"""End-to-end training: overfitting, exact resume, TensorBoard output, CLI errors."""
+"""End-to-end training: overfitting, exact and strict resume, TensorBoard output, CLI errors."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import VAL_PHOTOS
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
 from fst.nets.model_file import load_model, read_metadata
-from fst.train.module import StyleTransferModule
-from fst.train.run import build_loss, train
+from fst.resources import ASSETS_DIR
+from fst.train.module import FROZEN_PREFIXES, StyleTransferModule
+from fst.train.run import train
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
@@ -26,8 +28,10 @@ def test_overfits_one_fixed_batch(compose_cfg, photo_dir: Path) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    module = StyleTransferModule(net=instantiate(cfg.model.net), loss=build_loss(cfg), lr=1e-3)
+    module = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    assert isinstance(module, StyleTransferModule) and module.scheduler_factory is None
     optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
     losses = []
     for _ in range(60):
         optimizer.zero_grad()
@@ -55,7 +59,8 @@ def test_resume_gives_same_next_step_loss(compose_cfg, photo_dir: Path, tmp_path
         f"data.val_root={VAL_PHOTOS}",
         "trainer.max_steps=4",
         "callbacks.model_checkpoint.every_n_train_steps=2",
-        "model.scheduler={name: cosine, min_lr_ratio: 0.1}",
+        "model/scheduler=cosine",
+        "model.scheduler.min_lr_ratio=0.1",
     ]
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     full = RecordLosses()
@@ -70,6 +75,45 @@ def test_resume_gives_same_next_step_loss(compose_cfg, photo_dir: Path, tmp_path
         assert abs(resumed.by_step[step] - full.by_step[step]) <= 1e-6 * abs(full.by_step[step]), (full.by_step, resumed.by_step)
     # the exported model records the full step count
     assert read_metadata(resumed_dir / "model.safetensors")["steps"] == 4
+
+    # loading is strict: a checkpoint that lacks any network tensor is refused
+    broken = tmp_path / "broken.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    dropped = next(k for k in state["state_dict"] if k.startswith("net."))
+    del state["state_dict"][dropped]
+    torch.save(state, broken)
+    with pytest.raises(RuntimeError, match=f"Missing key.*{dropped}"):
+        train(compose_cfg([*common, f"ckpt_path={broken}"], output_dir=tmp_path / "broken"))
+
+
+def test_checkpoints_leave_out_the_frozen_vgg_and_load_back_strictly(compose_cfg) -> None:
+    cfg = compose_cfg()
+    loss = instantiate(cfg.loss)
+    module = instantiate(cfg.model, loss=loss)
+    assert module.strict_loading
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    saved = checkpoint["state_dict"]
+    assert any(k.startswith(FROZEN_PREFIXES) for k in module.state_dict())
+    assert not any(k.startswith(FROZEN_PREFIXES) for k in saved), "frozen VGG16 tensors were saved"
+    assert any(k.startswith("net.") for k in saved) and any(k.startswith("loss.style_targets.") for k in saved)
+    assert checkpoint["fst_net_config"] == module.net.config.to_dict()
+    assert checkpoint["fst_metadata"]["loss"] == loss.config
+
+    # Lightning's order: on_load_checkpoint, then a strict load_state_dict
+    other = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    restored = copy.deepcopy(checkpoint)
+    other.on_load_checkpoint(restored)
+    other.load_state_dict(restored["state_dict"], strict=other.strict_loading)
+    for key, value in module.net.state_dict().items():
+        assert torch.equal(other.net.state_dict()[key], value), key
+    first_net_key = next(k for k in saved if k.startswith("net."))
+    for key in (first_net_key, "loss.style_targets.gram_relu1_2"):
+        broken = copy.deepcopy(checkpoint)
+        del broken["state_dict"][key]
+        other.on_load_checkpoint(broken)
+        with pytest.raises(RuntimeError, match=f"Missing key.*{key}"):
+            other.load_state_dict(broken["state_dict"], strict=other.strict_loading)
 
 
 def test_run_writes_tensorboard_scalars_images_and_model(compose_cfg, photo_dir: Path, tmp_path: Path) -> None:
@@ -121,7 +165,7 @@ def test_cli_unknown_style_name(tmp_path: Path) -> None:
 
 
 def test_cli_new_style_end_to_end(tmp_path: Path, photo_dir: Path) -> None:
-    """The issue's 'done when' command, shrunk only in network width and image size."""
+    """A painting of one's own, trained from the command line (small width and image size)."""
     painting = tmp_path / "painting.jpg"
     painting.write_bytes((ASSETS_DIR / "styles/the_wave.jpg").read_bytes())
     run_dir = tmp_path / "run"

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fst.errors import FstError
 from fst.images import load_style_image
 from fst.loss.vgg import VGG16Features
-from fst.loss.weights import VGGWeights, load_vgg16_weights
+from fst.loss.weights import VGGWeights, VGGWeightsUnavailable, load_vgg16_weights
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -87,30 +89,44 @@ class PerceptualLoss(nn.Module):
 
     ``forward(output, content)`` returns a dict of detached-free loss terms:
     ``total``, ``content``, ``style``, ``tv`` and ``style/<layer>`` (weighted).
+
+    Every argument is required: the values used for training live in
+    ``configs/loss/*.yaml`` (instantiated by Hydra), nowhere else. :attr:`config` is
+    that node again, resolved: ``hydra.utils.instantiate(loss.config)`` rebuilds this
+    loss (when it was given a style image path and a weights spec, as configs do).
     """
 
     def __init__(
         self,
         style_image: str | Path | torch.Tensor,
-        style_size: int | None = 512,
-        content_layers: Sequence[str] = ("relu2_2",),
-        style_layers: Mapping[str, float] | None = None,
-        content_weight: float = 1.0,
-        style_weight: float = 1.0,
-        tv_weight: float = 0.0,
-        vgg_weights: str | VGGWeights = "caffe",
+        style_size: int | None,
+        content_layers: Sequence[str],
+        style_layers: Mapping[str, float],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+        vgg_weights: str | VGGWeights,
     ) -> None:
         super().__init__()
-        if style_layers is None:
-            style_layers = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
-        self.content_layers = list(content_layers)
+        self.content_layers = [str(layer) for layer in content_layers]
         self.style_layer_weights = {str(k): float(v) for k, v in style_layers.items()}
         self.content_weight = float(content_weight)
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
-        self.style_size = style_size
+        self.style_size = None if style_size is None else int(style_size)
 
-        weights = load_vgg16_weights(vgg_weights) if isinstance(vgg_weights, str) else vgg_weights
+        # The painting first: a wrong path should not wait for the VGG16 weights.
+        self.style_image_path = None if isinstance(style_image, torch.Tensor) else str(style_image)
+        if self.style_image_path is not None:
+            style_image = load_style_image(self.style_image_path, self.style_size)
+
+        if isinstance(vgg_weights, str):
+            try:
+                weights = load_vgg16_weights(vgg_weights)
+            except VGGWeightsUnavailable as exc:
+                raise FstError(str(exc)) from None
+        else:
+            weights = vgg_weights
         self.vgg_source = weights.source
         # What a user would pass to reproduce the loss: the spec, not this machine's cache path.
         self.vgg_spec = vgg_weights if isinstance(vgg_weights, str) else weights.preprocessing
@@ -120,12 +136,24 @@ class PerceptualLoss(nn.Module):
         # same frozen weights saves most of VGG's cost on the target pass.
         self.content_vgg = VGG16Features(self.content_layers, weights)
 
-        self.style_image_path = None if isinstance(style_image, torch.Tensor) else str(style_image)
-        if self.style_image_path is not None:
-            style_image = load_style_image(self.style_image_path, style_size)
         with torch.no_grad():
             features = self.vgg(style_image)
         self.style_targets = StyleTargets.from_features(features, list(self.style_layer_weights))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config node this loss was built from (plain, JSON-serialisable)."""
+        return {
+            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+            "style_image": self.style_image_path,
+            "style_size": self.style_size,
+            "content_layers": list(self.content_layers),
+            "style_layers": dict(self.style_layer_weights),
+            "content_weight": self.content_weight,
+            "style_weight": self.style_weight,
+            "tv_weight": self.tv_weight,
+            "vgg_weights": self.vgg_spec,
+        }
 
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         out_features = self.vgg(output)

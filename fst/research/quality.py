@@ -1,16 +1,16 @@
 """Perceptual loss of a model's output vs Gatys optimisation, on held-out photos.
 
-    python scripts/quality_report.py MODEL PHOTOS_DIR [--size 256] [--steps 50 100 300]
+    fst quality MODEL PHOTOS_DIR [--size 256] [--steps 50 100 300]
         [--max-photos N] [--out quality/<style>/] [--style-image PATH] [--style-size 512]
 
-The loss is the training loss of MODEL, rebuilt from its metadata (layers, weights,
-VGG) and its painting. For every photo (longer side resized to --size, whole photo kept)
+The loss is the training loss of MODEL, rebuilt with Hydra from the loss config its
+metadata records (layers, weights, VGG, painting). For every photo (longer side resized to --size, whole photo kept)
 it evaluates the model's output and Gatys et al.'s L-BFGS optimisation started from the
 photo after each --steps budget (one step = one L-BFGS iteration = one loss+gradient
-evaluation; a budget delivers the best iterate within it; see fst/gatys.py). Writes to
---out: report.md (tables and verdict), losses.csv, summary.json and contact_sheet.png
-(photo | fst | Gatys@... per row).
-Goal (issue #7): fst's mean total loss <= Gatys@--goal-steps (default 100).
+evaluation; a budget delivers the best iterate within it; see fst/research/gatys.py).
+Writes to --out: report.md (tables and verdict), losses.csv, summary.json and
+contact_sheet.png (photo | fst | Gatys@... per row). The goal checked: fst's mean total
+loss <= Gatys@--goal-steps (default 100).
 """
 
 from __future__ import annotations
@@ -27,16 +27,18 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fst.resources import bundled_style
+from fst.cli import ArgumentParser, run_command
 from fst.errors import FstError
-from fst.research.gatys import LOSS_TERMS, PARAMETRISATIONS, GatysRun, gatys_stylize, loss_terms
 from fst.fsutil import file_sha256
 from fst.images import list_images, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 from fst.loss.perceptual import PerceptualLoss
 from fst.nets.model_file import load_model
-from fst.loss.weights import VGGWeightsUnavailable, load_vgg16_weights
+from fst.research.gatys import LOSS_TERMS, PARAMETRISATIONS, GatysRun, gatys_stylize, loss_terms
+from fst.resources import bundled_style
+from fst.train.config import instantiate
 
 DEFAULT_STYLE_SIZE = 512  # configs/style/*.yaml `size`: the painting's longer side in training
+LOSS_TARGET = f"{PerceptualLoss.__module__}.{PerceptualLoss.__qualname__}"
 LOSS_KEYS = ("content_layers", "style_layers", "content_weight", "style_weight", "tv_weight")
 SHEET_PAD = 8
 SHEET_BG = (255, 255, 255)
@@ -48,8 +50,8 @@ def warn(message: str) -> None:
 
 
 def vgg_spec(recorded: str | None, model: Path) -> str:
-    """``loss.vgg.weights`` from the metadata's ``loss.vgg``: a spec (caffe | torchvision |
-    path), or, in older files, the VGGWeights.source description fst.loss.weights produced."""
+    """``vgg_weights`` for the loss from what the metadata records: a spec (caffe |
+    torchvision | path), or, in older files, the VGGWeights.source description fst.loss.weights produced."""
     if not recorded:
         warn(f"{model}: metadata does not say which VGG16 was used; assuming caffe (pass --vgg)")
         return "caffe"
@@ -70,8 +72,22 @@ def vgg_spec(recorded: str | None, model: Path) -> str:
     raise FstError(f"{model}: unrecognised VGG {recorded!r} in its metadata; pass --vgg caffe|torchvision|PATH")
 
 
-def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> tuple[PerceptualLoss, dict[str, Any]]:
-    """The model's training loss and a record of how it was rebuilt."""
+def style_image_for(model: Path, spec: dict[str, Any], style_name: str, args: argparse.Namespace) -> Path:
+    """--style-image, else the training painting the loss config names (where it still is),
+    else the bundled painting called ``style_name``."""
+    if args.style_image:
+        candidates = [Path(args.style_image)]
+    else:
+        recorded = spec.get("style_image")
+        candidates = [*([Path(recorded).expanduser()] if recorded else []), bundled_style(style_name)]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise FstError(f"{candidates[-1]}: style image not found (pass --style-image)")
+    return found
+
+
+def loss_config(model: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The loss config the model was trained with (``meta["loss"]``), checked."""
     spec = meta.get("loss")
     if not isinstance(spec, dict):
         raise FstError(f"{model}: metadata has no 'loss' entry (not trained by fst.train), "
@@ -79,10 +95,18 @@ def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> t
     missing = [k for k in LOSS_KEYS if k not in spec]
     if missing:
         raise FstError(f"{model}: metadata 'loss' lacks {', '.join(missing)}")
+    # A model file is data: only fst's own loss is ever instantiated from it.
+    target = spec.get("_target_", LOSS_TARGET)
+    if target != LOSS_TARGET:
+        raise FstError(f"{model}: metadata names the loss {target!r}; only {LOSS_TARGET} can be rebuilt")
+    return spec
+
+
+def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> tuple[PerceptualLoss, dict[str, Any]]:
+    """The model's training loss (its recorded config, instantiated) and a record of how it was rebuilt."""
+    spec = loss_config(model, meta)
     style_name = meta.get("style_name") or model.stem
-    style_image = Path(args.style_image) if args.style_image else bundled_style(style_name)
-    if not style_image.is_file():
-        raise FstError(f"{style_image}: style image not found (pass --style-image)")
+    style_image = style_image_for(model, spec, style_name, args)
     recorded = meta.get("style_sha256")
     actual = file_sha256(style_image)
     if recorded is None:
@@ -96,16 +120,14 @@ def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> t
         style_size = spec["style_size"] and int(spec["style_size"])
     else:  # files written before fst recorded it: the training default
         style_size = DEFAULT_STYLE_SIZE
-    vgg = args.vgg or vgg_spec(spec.get("vgg"), model)
-    try:
-        weights = load_vgg16_weights(vgg)
-    except VGGWeightsUnavailable as exc:
-        raise FstError(str(exc)) from None
-    loss = PerceptualLoss(style_image, style_size, spec["content_layers"], spec["style_layers"],
-                          spec["content_weight"], spec["style_weight"], spec["tv_weight"], weights)
+    # Files written before the config was recorded whole name the VGG "vgg".
+    vgg = args.vgg or vgg_spec(spec.get("vgg_weights", spec.get("vgg")), model)
+    config = {**{k: spec[k] for k in LOSS_KEYS}, "_target_": LOSS_TARGET, "style_image": str(style_image),
+              "style_size": style_size, "vgg_weights": vgg}
+    loss: PerceptualLoss = instantiate(config)
     record = {"style_name": style_name, "style_image": str(style_image), "style_sha256": actual,
               "style_sha256_matches": None if recorded is None else recorded == actual,
-              "style_size": style_size, "vgg": vgg, "vgg_source": weights.source,
+              "style_size": style_size, "vgg": vgg, "vgg_source": loss.vgg_source,
               **{k: spec[k] for k in LOSS_KEYS}}
     return loss.eval(), record
 
@@ -244,7 +266,7 @@ def contact_sheet(images: dict[str, dict[str, torch.Tensor]], rows: list[dict[st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="fst quality", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="fst .safetensors model file")
     parser.add_argument("photos_dir", type=Path, help="held-out photos (searched recursively, sorted)")
     parser.add_argument("--out", type=Path, help="output folder (default: quality/<style_name>/)")
@@ -255,12 +277,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sheet-steps", type=int, nargs="+",
                         help="Gatys budgets shown on the contact sheet (default: all but the smallest if >2 budgets)")
     parser.add_argument("--goal-steps", type=int, default=100, help="the Gatys budget fst must match (default 100)")
-    parser.add_argument("--style-image", help="the painting (default: assets/styles/<style_name>.jpg, sha256-checked)")
+    parser.add_argument("--style-image", help="the painting (default: the one the model's loss config names, else "
+                        "the bundled <style_name> painting; sha256-checked)")
     parser.add_argument("--style-size", type=int, help="painting's longer side for the Gram targets "
                         f"(default: the model's loss.style_size, else {DEFAULT_STYLE_SIZE})")
     parser.add_argument("--vgg", help="override the VGG16 read from the metadata: caffe | torchvision | PATH")
     parser.add_argument("--parametrisation", choices=PARAMETRISATIONS, default="clamp",
-                        help="how Gatys keeps pixels in [0, 1] (see fst/gatys.py; default clamp)")
+                        help="how Gatys keeps pixels in [0, 1] (see fst/research/gatys.py; default clamp)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -288,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "verdict": verdict(means, args.goal_steps),
                "machine": {"device": args.device, "torch_threads": torch.get_num_threads(),
                            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
-               "command": " ".join(["python", "scripts/quality_report.py", *args.argv])}
+               "command": " ".join(["fst", "quality", *args.argv])}
     out.mkdir(parents=True, exist_ok=True)
     fields = ["photo", "method", "steps", *LOSS_TERMS, "wall_s", "gatys_best_step", "gatys_steps_to_match_fst"]
     with open(out / "losses.csv", "w", newline="") as fh:
@@ -307,11 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        summary = run(args)
-    except FstError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    summary = run(args)
     v = summary["verdict"]
     print(f"{summary['out']}: fst mean total {v['fst_total']:.4g}"
           + ("" if v["met"] is None else f" vs Gatys@{args.goal_steps} {v['gatys_total']:.4g} -> goal "
@@ -320,4 +339,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

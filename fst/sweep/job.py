@@ -1,9 +1,11 @@
 """One job of a Hydra multirun sweep: device check, run, and the ``summary.json`` the sweep
 report is built from.
 
-Inside a sweep a job never raises: a failure is written to its summary (status ``failed``
-and the error) and the next job runs. Hydra's basic sweeper would otherwise stop the sweep
-at the first failed job and skip the end-of-sweep report.
+fst.train runs every multirun job through the ``sweep.job`` config node, by default
+:func:`run_sweep_job`. Inside a sweep a job never raises: a failure is written to its
+summary (status ``failed`` and the error) and the next job runs. Hydra's basic sweeper
+would otherwise stop the sweep at the first failed job and skip the end-of-sweep report,
+which is where failed jobs are reported (fst.sweep.callbacks.BuildSweepReport).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from fst.errors import FstError
@@ -32,7 +38,7 @@ LOSS_TERMS = ("total", "content", "style", "tv")
 FINAL_LOSS_WINDOW = 50  # final losses: mean over this many last training steps
 # Config values every job reports to TensorBoard's hparams view, besides its own overrides.
 CORE_HPARAMS = (
-    "style.name", "loss.content_weight", "loss.style_weight", "loss.tv_weight", "model.lr",
+    "style.name", "loss.content_weight", "loss.style_weight", "loss.tv_weight", "model.optimizer.lr",
     "model.net.width", "data.image_size", "data.batch_size", "trainer.max_steps",
 )
 # Strategies that start one process per device (Lightning re-runs the command for each).
@@ -84,14 +90,30 @@ def _scalar(value: Any) -> Any:
     return str(value)
 
 
+def _parse(override: str) -> Override | None:
+    try:
+        return OverridesParser.create().parse_overrides([override])[0]
+    except HydraException:
+        return None
+
+
 def override_key(override: str) -> str:
     """``+loss.style_weight=10`` -> ``loss.style_weight``; ``style=udnie`` -> ``style``."""
-    key = override.split("=", 1)[0]
-    return key.lstrip("+~")
+    parsed = _parse(override)
+    if parsed is None:
+        return override.split("=", 1)[0].lstrip("+~")
+    return parsed.key_or_group + (f"@{parsed.package}" if parsed.package else "")
 
 
 def override_value(override: str) -> str:
-    return override.split("=", 1)[1] if "=" in override else ""
+    """The value of an override as text: ``data.root='/a b'`` -> ``/a b``; ``~key`` -> ``""``."""
+    parsed = _parse(override)
+    if parsed is None:
+        return override.split("=", 1)[1] if "=" in override else ""
+    if parsed.is_delete():
+        return ""
+    value = parsed.value()
+    return value if isinstance(value, str) else parsed.get_value_element_as_str()
 
 
 def job_hparams(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
@@ -178,14 +200,19 @@ def _relative(path: str | None, base: Path) -> str | None:
 def run_sweep_job(
     cfg: DictConfig,
     train_fn: Callable[..., dict[str, Any]],
-    job_num: int,
-    overrides: Sequence[str],
+    job_num: int | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> float | None:
     """Run ``train_fn(cfg, extra_callbacks=[...])`` as one sweep job; never raises ``Exception``.
 
-    Writes ``summary.json`` in the job's output dir and returns the final total loss
-    (None for a failed job).
+    ``job_num`` and ``overrides`` (the job's own command-line overrides) default to the
+    running Hydra job's. Writes ``summary.json`` in the job's output dir and returns the
+    final total loss (None for a failed job).
     """
+    if job_num is None or overrides is None:
+        hydra_cfg = HydraConfig.get()
+        job_num = int(hydra_cfg.job.num) if job_num is None else job_num
+        overrides = list(hydra_cfg.overrides.task) if overrides is None else overrides
     output_dir = Path(str(cfg.paths.output_dir))
     tracker = FinalLosses(job_hparams(cfg, overrides))
     summary: dict[str, Any] = {

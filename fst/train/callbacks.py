@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from fst.train.export import module_metadata
 from fst.nets.model_file import save_model
+from fst.train.checkpoint import module_metadata
 
 log = logging.getLogger(__name__)
 

@@ -2,46 +2,55 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
-from fst.train.export import module_metadata
 from fst.loss.perceptual import PerceptualLoss
 from fst.nets.transformer import TransformerNet
+from fst.train.checkpoint import add_metadata
 
-# Frozen VGG weights are rebuilt from fst.loss.weights on load; keeping them out of
-# checkpoints saves ~30 MB per file and lets the weight source move.
-_FROZEN_PREFIXES = ("loss.vgg.", "loss.content_vgg.")
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+# The frozen VGG16 weights stay out of checkpoints (~30 MB per file, and the weight source
+# may move): on_save_checkpoint drops them, on_load_checkpoint puts the live module's back.
+FROZEN_PREFIXES = ("loss.vgg.", "loss.content_vgg.")
 
 
 class StyleTransferModule(pl.LightningModule):
-    """Adam on the transformation network; every loss term logged; preview grids in validation."""
+    """The optimizer on the transformation network; every loss term logged; preview grids in validation.
+
+    Built by Hydra from ``configs/model`` (``net``, ``optimizer`` and ``scheduler``
+    factories) plus the instantiated ``configs/loss``. ``optimizer`` is called with the
+    network's parameters, ``scheduler`` (optional) with the optimizer; the scheduler is
+    stepped every training step.
+    """
 
     def __init__(
         self,
         net: TransformerNet,
         loss: PerceptualLoss,
-        lr: float = 1e-3,
-        scheduler: dict[str, Any] | None = None,
-        channels_last: bool | str = "auto",
-        compile: bool = False,
-        style_name: str = "style",
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None,
+        channels_last: bool | str,
+        compile: bool,
+        style_name: str,
     ) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
-        self.lr = lr
-        self.scheduler_cfg = dict(scheduler) if scheduler else None
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         # "auto": channels_last on CUDA only; on CPU it measured 13-16% slower (BENCHMARKS.md).
         self.channels_last = channels_last if channels_last != "auto" else torch.cuda.is_available()
         self.compile_net = compile
         self.style_name = style_name
-        self.strict_loading = False  # frozen VGG keys are absent from checkpoints on purpose
-        self.save_hyperparameters(ignore=["net", "loss"])
+        # Factories and modules are not plain data: checkpoints stay loadable with weights_only=True.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.loss.to(memory_format=torch.channels_last)
@@ -80,46 +89,26 @@ class StyleTransferModule(pl.LightningModule):
                 experiment.add_image("val/stylized", grid, global_step=self.global_step)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        if not self.scheduler_cfg:
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_factory is None:
             return optimizer
-        cfg = dict(self.scheduler_cfg)
-        name = cfg.pop("name")
-        interval = cfg.pop("interval", "step")
-        scheduler = build_scheduler(name, optimizer, cfg, self.trainer.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(_FROZEN_PREFIXES)]:
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
             del state[key]
-        checkpoint["fst_net_config"] = self.net.config.to_dict()
-        checkpoint["fst_metadata"] = module_metadata(self, self.global_step)
+        add_metadata(checkpoint, self, self.global_step)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loading is strict: every other key (the net, the style targets) must be in the file.
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(FROZEN_PREFIXES):
+                state.setdefault(key, value)
 
     def setup(self, stage: str) -> None:
         if self.compile_net and stage == "fit":
             # Kept out of the module tree so checkpoint keys stay those of the plain net.
             self.__dict__["_compiled_net"] = torch.compile(self.net)
-
-
-def build_scheduler(name: str, optimizer: torch.optim.Optimizer, cfg: dict[str, Any], max_steps: int):
-    """``cosine`` (to ``min_lr_ratio`` x lr over max_steps), ``step`` (gamma every step_size) or ``none``."""
-    if name == "cosine":
-        ratio = float(cfg.get("min_lr_ratio", 0.0))
-        total = max(1, int(max_steps))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, CosineFactor(total, ratio))
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["step_size"]), gamma=float(cfg["gamma"]))
-    raise ValueError(f"model.scheduler.name must be 'cosine' or 'step', got {name!r}")
-
-
-class CosineFactor:
-    """Picklable cosine decay factor for LambdaLR (lambdas cannot be checkpointed)."""
-
-    def __init__(self, total_steps: int, min_ratio: float) -> None:
-        self.total_steps = total_steps
-        self.min_ratio = min_ratio
-
-    def __call__(self, step: int) -> float:
-        progress = min(step, self.total_steps) / self.total_steps
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

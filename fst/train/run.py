@@ -1,7 +1,10 @@
 """Training entry point: ``python -m fst.train [group=option ...] [key=value ...]``.
 
-Only composes and wires; the pieces live in fst.nets.transformer, fst.loss.perceptual,
-fst.data, fst.train.module and fst.train.callbacks.
+Only instantiates and connects what the configs describe: ``data`` (a LightningDataModule),
+``loss`` (fst.loss.perceptual), ``model`` (fst.train.module with its net, optimizer and
+scheduler), ``callbacks``, ``logger`` and ``trainer``. In a multirun (``-m``) each job runs
+through the configured ``sweep.job`` wrapper (fst.sweep.job), which records the job's
+outcome for the sweep report instead of ending the sweep at the first failure.
 """
 
 from __future__ import annotations
@@ -19,12 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fst.train.config import CONFIG_DIR, check_group_overrides, quote_braced_values, register_resolvers
-from fst.errors import FstError
-from fst.loss.perceptual import PerceptualLoss
-from fst.train.module import StyleTransferModule
-from fst.sweep.callbacks import sweep_failure_message
-from fst.sweep.job import run_sweep_job
+from fst.errors import EXIT_FAILED, EXIT_USAGE, FstError, UsageError
+from fst.train.config import CONFIG_DIR, check_group_overrides, instantiate, quote_braced_values, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -34,50 +33,31 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
-def style_image_path(cfg: DictConfig) -> Path:
-    path = Path(str(cfg.style.image)).expanduser()
-    if not path.is_file():
+def check_style_image(cfg: DictConfig) -> None:
+    """The cheapest check first: a typo in style.image should not wait for data or VGG16."""
+    if not Path(str(cfg.style.image)).expanduser().is_file():
         raise FstError(f"style.image={cfg.style.image}: no such file")
-    return path
 
 
-def build_loss(cfg: DictConfig) -> PerceptualLoss:
-    return PerceptualLoss(
-        style_image=style_image_path(cfg),
-        style_size=cfg.style.size,
-        content_layers=list(cfg.loss.content_layers),
-        style_layers=dict(cfg.loss.style_layers),
-        content_weight=cfg.loss.content_weight,
-        style_weight=cfg.loss.style_weight,
-        tv_weight=cfg.loss.tv_weight,
-        vgg_weights=str(cfg.loss.vgg.weights),
-    )
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [instantiate(node) for node in (group or {}).values() if node]
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train one style network as configured; returns the output dir, model path and final losses.
 
-    ``extra_callbacks`` are added to the configured ones (programmatic use, tests).
+    ``extra_callbacks`` are added to the configured ones (programmatic use, tests, sweeps).
     """
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    style_image_path(cfg)  # cheap checks first: a typo should not wait for data or VGG
+    check_style_image(cfg)
 
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors before the loss network is loaded
-    module = StyleTransferModule(
-        net=hydra.utils.instantiate(cfg.model.net),
-        loss=build_loss(cfg),
-        lr=cfg.model.lr,
-        scheduler=OmegaConf.to_container(cfg.model.scheduler, resolve=True) if cfg.model.scheduler else None,
-        channels_last=cfg.model.channels_last,
-        compile=cfg.model.compile,
-        style_name=cfg.style.name,
-    )
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += list(extra_callbacks)
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    module: pl.LightningModule = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), *extra_callbacks]
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,15 +71,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        # Never raises: a failed job is recorded in its summary.json and the sweep goes on.
-        return run_sweep_job(cfg, train, hydra_cfg.job.num, list(hydra_cfg.overrides.task))
+    job_wrapper = OmegaConf.select(cfg, "sweep.job")
+    if job_wrapper is not None and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return instantiate(job_wrapper)(cfg, train)
     try:
         result = train(cfg)
     except FstError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     if result["model_path"]:
         print(f"model: {result['model_path']}")
     return result["metrics"].get("train/total")
@@ -110,14 +89,10 @@ def main() -> None:
     sys.argv[1:] = quote_braced_values(sys.argv[1:])
     try:
         check_group_overrides(sys.argv[1:])
-    except FstError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     _hydra_main()
-    failure = sweep_failure_message()  # multirun: set when jobs failed (all of them ran)
-    if failure:
-        print(f"error: {failure}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
