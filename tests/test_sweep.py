@@ -23,12 +23,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY, VAL_PHOTOS
+from fst.cli import run_command
+from fst.nets.model_file import load_model
 from fst.sweep import gpu_slots
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
 from fst.sweep.contact_sheet import EMPTY_CELL
 from fst.sweep.gpu_slots import GpuSlots
-from fst.nets.model_file import load_model
-from fst.sweep.job import multirun_device_problem
+from fst.sweep.job import multirun_device_problem, override_key, override_value
 from fst.sweep.report import CONTACT_SHEET_NAME, CSV_NAME, MARKDOWN_NAME, build_report
 from fst.sweep.report import main as report_main
 
@@ -36,7 +36,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of
 
 SHEET_SIZE = 192  # BuildSweepReport's default stylizing size (configs/hydra/default.yaml)
 # lr 1e-2 so that two steps move the tiny networks far enough apart to tell cells apart
-SWEEP_TINY = [*TINY, "model.lr=0.01", f"data.val_root={VAL_PHOTOS}"]
+SWEEP_TINY = [*TINY, "model.optimizer.lr=0.01", f"data.val_root={VAL_PHOTOS}"]
 
 
 def _sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -200,6 +200,18 @@ def test_multirun_device_check(trainer: dict, refused: bool) -> None:
     assert (multirun_device_problem(OmegaConf.create(trainer)) is not None) == refused
 
 
+@pytest.mark.parametrize(("override", "key", "value"), [
+    ("loss.style_weight=100", "loss.style_weight", "100"),
+    ("+trainer.strategy=ddp", "trainer.strategy", "ddp"),
+    ("~callbacks.lr_monitor", "callbacks.lr_monitor", ""),
+    ("style=udnie", "style", "udnie"),
+    ("data.shards='/d/t-{0..1}.tar'", "data.shards", "/d/t-{0..1}.tar"),
+    ("data.root=/a/b c", "data.root", "/a/b c"),
+])
+def test_override_keys_and_values_as_hydra_parses_them(override: str, key: str, value: str) -> None:
+    assert (override_key(override), override_value(override)) == (key, value)
+
+
 def test_gpu_slots_one_job_per_gpu(tmp_path: Path) -> None:
     slots = GpuSlots(tmp_path, ["3", "5"])
     first = slots.acquire(job_num=0, block=False)
@@ -244,7 +256,7 @@ def test_pin_job_without_gpus_changes_nothing(tmp_path: Path, monkeypatch) -> No
 
 
 def test_report_cli_on_a_directory_without_jobs(tmp_path: Path, capsys) -> None:
-    assert report_main([str(tmp_path)]) == 1
+    assert run_command(report_main, [str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and str(tmp_path) in err[0]
 

@@ -3,7 +3,8 @@
 - ``RefuseMultirunDdp``: stops a sweep of multi-device DDP jobs before the first job starts.
 - ``JoblibJobSetup``: under ``hydra/launcher=joblib``, DataLoader workers and one GPU per
   parallel job (fst.sweep.gpu_slots).
-- ``BuildSweepReport``: the contact sheet and table, once every job has finished.
+- ``BuildSweepReport``: the contact sheet and table, once every job has finished; then
+  one ``error:`` line and exit status 1 if any job failed.
 
 All three do nothing in single-run mode.
 """
@@ -14,20 +15,18 @@ import logging
 import multiprocessing
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from fst.errors import EXIT_FAILED, EXIT_USAGE
 from fst.sweep import gpu_slots
 from fst.sweep.job import multirun_device_problem
 
 log = logging.getLogger(__name__)
-
-# Outcome of the sweeps finished in this process, for the exit status of fst.train.
-_failed: list[str] = []
 
 
 def _is_multirun(config: DictConfig) -> bool:
@@ -41,7 +40,7 @@ class RefuseMultirunDdp(Callback):
         problem = multirun_device_problem(config.trainer)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
-            raise SystemExit(2)  # not an Exception: Hydra would print it with a traceback
+            raise SystemExit(EXIT_USAGE)  # not an Exception: Hydra would only warn about it
 
 
 class JoblibJobSetup(Callback):
@@ -68,9 +67,13 @@ class JoblibJobSetup(Callback):
 
 
 class BuildSweepReport(Callback):
-    """Writes contact_sheet.png, sweep_report.md and sweep_report.csv into the sweep dir."""
+    """Writes contact_sheet.png, sweep_report.md and sweep_report.csv into the sweep dir.
 
-    def __init__(self, photos: int = 3, size: int = 192, device: str = "cpu") -> None:
+    The sweep's outcome is reported here too: when a job failed (or the report could not
+    be built) one ``error:`` line, and the process ends with exit status 1.
+    """
+
+    def __init__(self, photos: int, size: int, device: str) -> None:
         self.photos = photos
         self.size = size
         self.device = device
@@ -83,17 +86,17 @@ class BuildSweepReport(Callback):
             report = build_report(sweep_dir, count=self.photos, size=self.size, device=self.device)
         except Exception as exc:  # noqa: BLE001 - the jobs' results are on disk either way
             log.exception("sweep report for %s failed", sweep_dir)
-            _failed.append(f"the sweep report for {sweep_dir} could not be built ({exc}); "
-                           f"retry with python -m fst.sweep.report {sweep_dir}")
-            return
+            self._fail(f"the sweep report for {sweep_dir} could not be built ({exc}); "
+                       f"retry with fst sweep-report {sweep_dir}")
         print(f"sweep report: {report.markdown}")
         print(f"contact sheet: {report.contact_sheet}")
         failed = [job for job in report.jobs if job.status != "completed"]
         if failed:
-            _failed.append(f"{len(failed)} of {len(report.jobs)} sweep jobs failed "
-                           f"(job {', '.join(str(j.num) for j in failed)}); see {report.markdown}")
+            self._fail(f"{len(failed)} of {len(report.jobs)} sweep jobs failed "
+                       f"(job {', '.join(str(j.num) for j in failed)}); see {report.markdown}")
 
-
-def sweep_failure_message() -> str | None:
-    """Why the sweeps run in this process should exit non-zero (failed jobs), or None."""
-    return "; ".join(_failed) or None
+    @staticmethod
+    def _fail(message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        # Not an Exception: Hydra turns those into warnings. The last thing a sweep does.
+        raise SystemExit(EXIT_FAILED)

@@ -1,13 +1,14 @@
 """One GPU per parallel sweep job (``hydra/launcher=joblib``).
 
 Joblib runs jobs in a pool of worker processes that are reused from job to job. Before a
-worker first touches CUDA, the job it runs claims a free GPU slot (an exclusive ``flock``
-on ``<sweep dir>/.gpu_slots/gpu<ID>-<i>.lock``) and sets ``CUDA_VISIBLE_DEVICES`` to that
-GPU alone, so Lightning's ``devices=1`` means "this job's GPU". CUDA reads the variable
-once per process, so a worker stays bound to its GPU: its later jobs wait for a slot on that
-same GPU. Slots are released when a job ends and by the OS if a worker dies. A job prefers
-GPU ``job_num % n_gpus``; with more workers than slots the extra ones wait, so each GPU runs
-``jobs_per_gpu`` jobs at a time. Without GPUs nothing happens and jobs run on the CPU.
+worker first touches CUDA, the job it runs claims a free GPU slot (an exclusive file lock,
+``filelock.FileLock``, on ``<sweep dir>/.gpu_slots/gpu<ID>-<i>.lock``) and sets
+``CUDA_VISIBLE_DEVICES`` to that GPU alone, so Lightning's ``devices=1`` means "this job's
+GPU". CUDA reads the variable once per process, so a worker stays bound to its GPU: its
+later jobs wait for a slot on that same GPU. Slots are released when a job ends and by the
+OS if a worker dies. A job prefers GPU ``job_num % n_gpus``; with more workers than slots
+the extra ones wait, so each GPU runs ``jobs_per_gpu`` jobs at a time. Without GPUs nothing
+happens and jobs run on the CPU.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ import os
 from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
-from typing import IO
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; jobs fall back to GPU job_num % n_gpus
-    fcntl = None  # type: ignore[assignment]
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +40,16 @@ def visible_gpus() -> list[str]:
 
 @dataclass
 class Slot:
-    """A claimed GPU slot; ``exclusive`` is False where locks are unavailable."""
+    """A claimed GPU slot: held until :meth:`release` (or until the process ends)."""
 
     gpu: str
     path: Path
-    handle: IO[str] | None = field(default=None, repr=False)
-    exclusive: bool = True
+    lock: FileLock | None = field(default=None, repr=False)
 
     def release(self) -> None:
-        if self.handle is not None:
-            self.handle.close()  # closing the file drops the flock
-            self.handle = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 class GpuSlots:
@@ -72,17 +68,13 @@ class GpuSlots:
 
     def _try(self, gpu: str, index: int, block: bool) -> Slot | None:
         path = self._path(gpu, index)
-        handle = open(path, "a+")  # noqa: SIM115 - kept open: the lock lives as long as the handle
+        # thread_local=False: the slot belongs to the process, whichever thread releases it.
+        lock = FileLock(path, thread_local=False)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.close()
+            lock.acquire(timeout=-1 if block else 0)
+        except Timeout:
             return None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        return Slot(gpu, path, handle)
+        return Slot(gpu, path, lock)
 
     def acquire(self, job_num: int, bound: str | None = None, block: bool = True) -> Slot | None:
         """A free slot, preferring GPU ``job_num % n``; only GPU ``bound`` if given.
@@ -95,8 +87,6 @@ class GpuSlots:
         else:
             start = job_num % len(self.gpus)
             order = self.gpus[start:] + self.gpus[:start]
-        if fcntl is None:
-            return Slot(order[0], self._path(order[0], 0), exclusive=False)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         for gpu in order:
             for index in range(self.jobs_per_gpu):
@@ -131,8 +121,6 @@ def pin_job(lock_dir: Path, job_num: int, jobs_per_gpu: int = 1) -> str | None:
         return None
     slot = GpuSlots(lock_dir, _pool, jobs_per_gpu).acquire(job_num, bound=_bound)
     assert slot is not None  # blocking acquire
-    if not slot.exclusive:
-        log.warning("job %d: no file locks here; GPU %s may be shared with another job", job_num, slot.gpu)
     _held, _bound = slot, slot.gpu
     os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu
     log.info("job %d: GPU %s", job_num, slot.gpu)

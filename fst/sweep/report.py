@@ -1,6 +1,6 @@
 """The report of a Hydra sweep: a contact sheet and a table, from the jobs' ``summary.json``.
 
-``python -m fst.sweep.report SWEEP_DIR [--photos DIR] [--count N] [--size PX] [--device D]``
+``fst sweep-report SWEEP_DIR [--photos DIR] [--count N] [--size PX] [--device D]``
 
 Writes into SWEEP_DIR: ``contact_sheet.png`` (rows and columns are the swept values; each
 cell shows the same validation photos stylized by that job's model file), ``sweep_report.md``
@@ -10,7 +10,6 @@ Everything is read from the directory, so the report can be rebuilt at any time.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -21,9 +20,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fst.resources import VAL_PHOTOS_DIR
-from fst.errors import FstError
+from fst.cli import ArgumentParser, run_command
+from fst.errors import FstError, UsageError
 from fst.images import list_images
+from fst.resources import VAL_PHOTOS_DIR
 from fst.sweep.job import FINAL_LOSS_WINDOW, LOSS_TERMS, SUMMARY_NAME, override_key, override_value
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
@@ -224,7 +224,7 @@ def build_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fst.sweep.report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="fst sweep-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the hydra.sweep.dir of a finished (or running) sweep")
     parser.add_argument("--photos", type=Path, default=None, help="folder of photos for the contact sheet")
     parser.add_argument("--count", type=int, default=3, help="photos per cell (default 3)")
@@ -232,13 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device for stylizing (default cpu)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.size < 16:
-        print("error: --count must be >= 1 and --size >= 16", file=sys.stderr)
-        return 2
-    try:
-        report = build_report(args.sweep_dir, args.photos, args.count, args.size, args.device)
-    except FstError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError("--count must be >= 1 and --size >= 16")
+    report = build_report(args.sweep_dir, args.photos, args.count, args.size, args.device)
     failed = sum(1 for j in report.jobs if j.status != "completed")
     print(f"{len(report.jobs)} jobs ({failed} not completed), swept: {', '.join(report.swept) or 'nothing'}")
     for path in (report.contact_sheet, report.markdown, report.csv):
@@ -247,4 +242,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))
