@@ -163,6 +163,16 @@ def test_epochs_have_fixed_length_and_the_stream_continues(shards: Path, tmp_pat
     # 24 samples of one 28-sample pass: epoch 2 goes on with new photos instead of starting over
     assert len(keys) == len(set(keys)) == 24
     dm.teardown("fit")
+    # loader workers persist and so do their streams: 2 x 8 samples of the 28-sample pass,
+    # none repeated (batches prepared ahead at an epoch end are dropped, never repeated)
+    (tmp_path / "rank0.keys").unlink()
+    dm = datamodule(pattern(shards), samples_per_epoch=8, num_workers=2, key_log_dir=str(tmp_path))
+    loader = dm.train_dataloader()
+    assert [len(list(loader)) for _ in range(2)] == [4, 4]
+    keys = (tmp_path / "rank0.keys").read_text().split()
+    assert len(keys) == len(set(keys)) == 16
+    assert set(loader.corrupt_by_worker) == {0, 1}
+    dm.teardown("fit")
 
 
 def test_samples_per_epoch_and_shard_specs(shards: Path, tmp_path: Path) -> None:

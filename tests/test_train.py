@@ -128,6 +128,7 @@ def test_run_writes_tensorboard_scalars_images_and_model(compose_cfg, photo_dir:
     for scalar in ["train/total", "train/content", "train/style", "train/tv", "train/style/relu1_2", "val/total"]:
         assert scalar in tags["scalars"], tags["scalars"]
     assert "val/stylized" in tags["images"]
+    assert "data/corrupt_samples" not in tags["scalars"]  # counted for shards only (data=coco)
     assert (out / "config.yaml").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     net, meta = load_model(out / "model.safetensors")
     assert meta["style_name"] == "starry_night" and meta["steps"] == 2

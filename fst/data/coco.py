@@ -4,12 +4,17 @@ Every (rank, loader worker) pair is a *reader*. Pass ``p`` over the data is a se
 permutation of the shards, the same on every rank; reader ``i`` of ``R = world_size x
 workers`` reads every R-th shard of it, so within a pass each photo goes to exactly one
 rank (a DistributedSampler's guarantee, at shard granularity). A reader moves on to pass
-``p + 1`` when its shards run out, so no rank ever runs dry; the epoch length is set on the
-loader (EpochLoader): every rank yields exactly ``samples_per_epoch // (world_size x
-batch_size)`` batches per epoch, and DDP never waits at an epoch end for a rank with no
-batch left. Per reader and pass: tar records -> shuffle buffer of still-encoded samples
-(drained at the pass end) -> decode (corrupt members skipped and counted) -> random crop ->
-batches. Everything is seeded by ``data.seed``.
+``p + 1`` when its shards run out, so no rank ever runs dry. Per reader and pass, on
+webdataset's own stages: tar records -> ``wds.shuffle`` buffer of still-encoded samples
+(seeded, drained at the pass end) -> decode (corrupt members skipped and counted) ->
+random crop -> ``wds.batched``. Everything is seeded by ``data.seed``.
+
+The epoch length is set on the loader (``WebLoader(...).with_epoch(n)``): every rank yields
+exactly ``samples_per_epoch // (world_size x batch_size)`` batches per epoch, and DDP never
+waits at an epoch end for a rank with no batch left. Loader workers persist across epochs
+and each reader's stream continues where it stopped (no restart, no refill of the shuffle
+buffer, no repeat of the first shards); only the few batches the workers had prepared
+ahead when an epoch ended (at most 2 per worker) are dropped, never repeated.
 
 Fewer shards than readers: by default (``resampled=None``) the readers draw shards with
 replacement instead, with a warning: safe (no reader is left without data, so no rank
@@ -33,6 +38,7 @@ from typing import Any, NamedTuple
 import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageOps
+import webdataset as wds
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
@@ -68,7 +74,7 @@ def is_remote(url: str) -> bool:
 
 def expand_shards(spec: str) -> list[str]:
     """``data.shards`` -> shard URLs: a brace pattern (local, ``pipe:`` or http) or a local
-    folder written by make_shards.py (all shards of its manifest). Local files must exist."""
+    folder written by ``fst shards`` (all shards of its manifest). Local files must exist."""
     if not spec:
         raise FstError("data.shards is not set: data.shards='/path/to/shards/train-{000000..000118}.tar'")
     spec = str(spec)
@@ -133,7 +139,11 @@ def decode_photo(data: bytes, min_short_side: int = 0) -> Image.Image:
 
 
 class ShardStream(IterableDataset):
-    """Never-ending (or ``max_passes``-long) stream of cropped photo batches for one rank."""
+    """Never-ending (or ``max_passes``-long) stream of cropped photo batches for one rank.
+
+    Iterating again continues the stream where the last iteration stopped (a fresh
+    stream once one has ended), in the main process and in each persistent loader worker.
+    """
 
     def __init__(
         self, urls: list[str], image_size: int, batch_size: int, crop_scale: tuple[float, float] = (0.25, 1.0),
@@ -155,6 +165,10 @@ class ShardStream(IterableDataset):
         self.max_passes = max_passes
         self.corrupt = 0  # per reader: each worker iterates its own copy
         self._shard_reads, self._failed_read = 0, -1
+        self._batches: Iterator[ShardBatch] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_batches": None}  # a running stream stays in its process
 
     def shards_for(self, reader: int, readers: int, pass_index: int) -> list[str]:
         """The shards reader ``reader`` of ``readers`` reads in pass ``pass_index``."""
@@ -165,13 +179,34 @@ class ShardStream(IterableDataset):
         random.Random(f"pass:{self.seed}:{self.offset}:{pass_index}").shuffle(order)  # same on every rank
         return order[reader::readers]
 
-    def __iter__(self) -> Iterator[ShardBatch]:
+    def __iter__(self) -> ShardStream:
+        if self._batches is None:
+            self._batches = self._stream()
+        return self
+
+    def __next__(self) -> ShardBatch:
+        assert self._batches is not None, "iter() first"
+        try:
+            return next(self._batches)
+        except BaseException:  # the end, or an error: the next iteration starts afresh
+            self._batches = None
+            raise
+
+    def _stream(self) -> Iterator[ShardBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = self.rank * workers + worker, self.world_size * workers
         self.corrupt = 0
-        images: list[torch.Tensor] = []
-        keys: list[str] = []
+
+        def collate(samples: list[tuple[str, torch.Tensor]]) -> ShardBatch:
+            keys, images = zip(*samples)
+            return ShardBatch(torch.stack(images), list(keys), worker, self.corrupt)
+
+        photos = self._photos(reader, readers, workers)
+        return wds.filters.batched(self.batch_size, collation_fn=collate, partial=False)(photos)
+
+    def _photos(self, reader: int, readers: int, workers: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, crop) of every readable photo of the reader's shards, pass after pass."""
         n = 0
         for pass_index in count() if self.max_passes is None else range(self.max_passes):
             shards = self.shards_for(reader, readers, pass_index)
@@ -180,17 +215,14 @@ class ShardStream(IterableDataset):
             # The buffer is drained at the end of each pass: a reader yields exactly the
             # samples of its shards for that pass, which keeps ranks disjoint pass by pass.
             rng = random.Random(f"buf:{self.seed}:{self.offset}:{reader}:{pass_index}")
-            for sample in _buffer_shuffle(self._read(shards), self.shuffle_buffer, rng):
+            shuffle = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            for sample in shuffle(self._read(shards)):
                 photo = self._decode(sample)
                 if photo is None:
                     continue
                 n += 1
                 crop_seed = zlib.crc32(f"{self.seed}:{self.offset}:{reader}:{n}".encode())
-                images.append(self.transform(photo, seed=crop_seed))
-                keys.append(sample["__key__"])
-                if len(images) == self.batch_size:
-                    yield ShardBatch(torch.stack(images), keys, worker, self.corrupt)
-                    images, keys = [], []
+                yield sample["__key__"], self.transform(photo, seed=crop_seed)
 
     def _read(self, shards: list[str]) -> Iterator[dict[str, Any]]:
         read = 0
@@ -227,85 +259,73 @@ class ShardStream(IterableDataset):
             log.warning("rank %d: skipping corrupt data: %s%s", self.rank, what, more)
 
 
-def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Streaming shuffle: fill a buffer of ``size`` items, then emit a random one per new item."""
-    if size <= 1:
-        yield from items
-        return
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(size)
-        buffer[index], item = item, buffer[index]
-        yield item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 def too_few_shards(shards: int, world_size: int, workers: int, advice: bool = True) -> str:
     problem = (f"data.shards names {shards} shard(s), but {world_size} rank(s) x {workers} loader worker(s) = "
                f"{world_size * workers} readers each need shards of their own")
-    return problem + (": lower data.num_workers, build more shards (scripts/make_shards.py --samples-per-shard N)"
+    return problem + (": lower data.num_workers, build more shards (fst shards --samples-per-shard N)"
                       ", or set data.resampled=true or null" if advice else "")
 
 
-class EpochLoader:
-    """Exactly ``batches_per_epoch`` batches per epoch, taken from one never-ending DataLoader.
-
-    The DataLoader iterator persists across epochs, so the stream continues where the
-    last epoch stopped (no worker restart, no refill of the shuffle buffer, no repeat of
-    the first shards). Unpacks ShardBatch: Lightning gets the image tensor only.
+class ShardLoader(wds.WebLoader):
+    """A DataLoader of a rank's ShardStream, ``batches_per_epoch`` batches per epoch
+    (``with_epoch``). Unpacks ShardBatch in the main process: Lightning gets the image
+    tensor, the loader keeps each worker's corrupt count and, with ``key_log``, appends the
+    keys of the samples trained on to that file.
     """
 
-    def __init__(self, loader: DataLoader, batches_per_epoch: int, key_log: Path | None = None) -> None:
-        self.loader = loader
+    def __init__(self, stream: ShardStream, batches_per_epoch: int, key_log: Path | None = None,
+                 num_workers: int = 0, **loader_kwargs: Any) -> None:
+        # Persistent workers: their streams (and shuffle buffers) carry on into the next epoch.
+        super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                         **loader_kwargs)
         self.batches_per_epoch = batches_per_epoch
         self.key_log = key_log
         self.corrupt_by_worker: dict[int, int] = {}
-        self._batches: Iterator[ShardBatch] | None = None
+        self.append(wds.filters.map(self._unpack))
+        self.with_epoch(batches_per_epoch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        if self._batches is None:
-            self._batches = iter(self.loader)
-        for _ in range(self.batches_per_epoch):
-            try:
-                batch = next(self._batches)
-            except StopIteration:  # only with ShardStream(max_passes=...)
-                return
-            self.corrupt_by_worker[batch.worker] = batch.corrupt
-            if self.key_log is not None:
-                with open(self.key_log, "a") as fh:
-                    fh.write("".join(f"{k}\n" for k in batch.keys))
-            yield batch.images
+    def _unpack(self, batch: ShardBatch) -> torch.Tensor:
+        self.corrupt_by_worker[batch.worker] = batch.corrupt
+        if self.key_log is not None:
+            with open(self.key_log, "a") as fh:
+                fh.write("".join(f"{k}\n" for k in batch.keys))
+        return batch.images
 
     @property
     def corrupt(self) -> int:
         return sum(self.corrupt_by_worker.values())
 
     def close(self) -> None:
-        self._batches = None  # the DataLoader iterator shuts its workers down when collected
+        """Shut the persistent loader workers down."""
+        loader = self.pipeline[0]
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
 
 
 class CorruptSampleMonitor(pl.Callback):
     """Logs ``data/corrupt_samples``: samples skipped as corrupt so far, summed over all ranks.
 
-    The sum is an all-reduce, so it runs on every rank at the same steps (every
+    Registered in configs/callbacks; it logs for datamodules that count corrupt samples
+    (``corrupt_samples``, as CocoDataModule does) and does nothing for the others. The sum
+    is an all-reduce, so it runs on every rank at the same steps (every
     ``log_every_n_steps``); in between the last total is logged without communication.
     """
 
-    def __init__(self, datamodule: CocoDataModule) -> None:
-        self.datamodule = datamodule
+    def __init__(self) -> None:
         self.total = 0.0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
+        local_count = getattr(trainer.datamodule, "corrupt_samples", None)
+        if local_count is None:
+            return
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0 or trainer.global_step == 1:
-            local = torch.tensor(float(self.datamodule.corrupt_samples), device=pl_module.device)
+            local = torch.tensor(float(local_count), device=pl_module.device)
             self.total = float(trainer.strategy.reduce(local, reduce_op="sum"))
         pl_module.log("data/corrupt_samples", self.total, on_step=True, on_epoch=False)
 
@@ -343,12 +363,9 @@ class CocoDataModule(pl.LightningDataModule):
         self.urls: list[str] = []
         self.epoch_samples = 0
         self.val_files: list[Path] = []
-        self._train_loader: EpochLoader | None = None
+        self._train_loader: ShardLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None and not any(isinstance(c, CorruptSampleMonitor) for c in self.trainer.callbacks):
-            # DataModules cannot declare callbacks (LightningModules can): attach ours here.
-            self.trainer.callbacks.append(CorruptSampleMonitor(self))
         if self.urls:
             return
         hp = self.hparams
@@ -365,7 +382,7 @@ class CocoDataModule(pl.LightningDataModule):
     def batches_per_epoch(self, world_size: int) -> int:
         return max(1, self.epoch_samples // (world_size * self.hparams.batch_size))
 
-    def train_dataloader(self) -> EpochLoader:
+    def train_dataloader(self) -> ShardLoader:
         hp, trainer = self.hparams, self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         workers = max(1, hp.num_workers)
@@ -382,18 +399,16 @@ class CocoDataModule(pl.LightningDataModule):
             rank=rank, world_size=world_size, offset=trainer.global_step if trainer is not None else 0,
             resampled=resampled,
         )
-        loader = DataLoader(
-            stream,
-            batch_size=None,  # batches are made in the workers
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            prefetch_factor=2 if hp.num_workers > 0 else None,
-        )
         key_log = None
         if hp.key_log_dir:
             Path(hp.key_log_dir).mkdir(parents=True, exist_ok=True)
             key_log = Path(hp.key_log_dir) / f"rank{rank}.keys"
-        self._train_loader = EpochLoader(loader, self.batches_per_epoch(world_size), key_log)
+        self._train_loader = ShardLoader(
+            stream, self.batches_per_epoch(world_size), key_log,
+            num_workers=hp.num_workers,  # batches are made in the workers
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            prefetch_factor=2 if hp.num_workers > 0 else None,
+        )
         return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
