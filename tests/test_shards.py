@@ -1,10 +1,9 @@
-"""scripts/make_shards.py and fst.data.shards: content, skipping, resume, zip input, CLI."""
+"""fst.data.shards (`fst shards`): content, skipping, resume, zip input, CLI."""
 
 from __future__ import annotations
 
 import io
 import json
-import runpy
 import shutil
 import subprocess
 import sys
@@ -17,12 +16,11 @@ import pytest
 from PIL import Image
 
 from conftest import TRAIN_PHOTOS, VAL_PHOTOS
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
+from fst.cli import run_command
 from fst.data.shards import ShardSettings, build_shards, default_samples_per_shard, read_manifest
+from fst.data.shards import main as shards_main
 from fst.errors import FstError
 from fst.images import list_images, open_rgb, resize_short_side
-
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
 
 # JPEG q90 of a photo: mean absolute pixel error stays well under 2% of the range.
 JPEG_MEAN_ABS_ERROR = 0.02
@@ -164,15 +162,17 @@ def test_zip_source_gives_the_same_shards(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = ROOT_DIR / "scripts" / "make_shards.py"
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(script), str(VAL_PHOTOS), str(out), "--samples-per-shard", "4",
-                          "--resize", "48", "--no-progress"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "fst.cli", "shards", str(VAL_PHOTOS), str(out),
+                          "--samples-per-shard", "4", "--resize", "48", "--no-progress"],
+                         capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert f"data.shards='{out}/val-{{000000..000001}}.tar'" in run.stdout
     assert json.loads((out / "manifest.json").read_text())["settings"]["resize"] == 48
     # bad input: one line naming the path, exit status 1, nothing created
-    cli_main = runpy.run_path(str(script), run_name="make_shards")["main"]
-    assert cli_main([str(tmp_path / "nope"), str(tmp_path / "o2")]) == 1
+    assert run_command(shards_main, [str(tmp_path / "nope"), str(tmp_path / "o2")]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such folder or zip file\n"
     assert not (tmp_path / "o2").exists()
+    # a bad command line: one line, exit status 2
+    assert run_command(shards_main, [str(VAL_PHOTOS), str(tmp_path / "o3"), "--resize", "big"]) == 2
+    assert capsys.readouterr().err.startswith("error: argument --resize: invalid int value")

@@ -1,4 +1,12 @@
-"""Building webdataset shards from a photo folder, or a zip of one (``scripts/make_shards.py``).
+"""Building webdataset shards from a photo folder, or a zip of one: ``fst shards``.
+
+    fst shards SRC OUT_DIR [--resize 320] [--samples-per-shard N]
+
+SRC: a COCO folder (train2014/, train2017/, val2017/), a zip of one, or any folder of
+photos (searched recursively). The command prints the ``data.shards=...`` override to
+train on the shards it wrote. Unreadable images are skipped and listed in the manifest.
+Re-running the same command finishes an interrupted build: finished shards are kept, the
+others are rebuilt.
 
 Layout of ``OUT_DIR``: ``<prefix>-000000.tar``, ``<prefix>-000001.tar``, ... and
 ``manifest.json``. Each sample is ``<key>.jpg`` (an upright RGB/greyscale JPEG) plus
@@ -20,6 +28,7 @@ re-running with the same settings skips finished shards and rebuilds the rest.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -29,6 +38,7 @@ import multiprocessing
 import os
 import random
 import re
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +48,7 @@ from typing import Any
 from PIL import Image, ImageOps
 from webdataset import TarWriter
 
+from fst.cli import ArgumentParser, run_command
 from fst.errors import FstError
 from fst.images import IMAGE_EXTENSIONS, resize_short_side
 
@@ -365,3 +376,54 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm  # comes with pytorch-lightning
 
     return tqdm(total=total, unit="img", desc="shards", disable=not enabled or total == 0, dynamic_ncols=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog="fst shards", description="Pack a photo folder (or a zip of one) into webdataset "
+                            "shards for data=coco.")
+    parser.add_argument("src", help="photo folder or .zip (searched recursively)")
+    parser.add_argument("out_dir", help="folder for the shards and manifest.json")
+    parser.add_argument("--prefix", help="shard file prefix (default: SRC's name, e.g. train2017)")
+    parser.add_argument("--samples-per-shard", type=int, default=None,
+                        help=f"photos per shard (default: {MAX_SAMPLES_PER_SHARD}, ~45 MB at --resize 320, or fewer "
+                             f"so that a small source still makes {MIN_SHARDS} shards)")
+    parser.add_argument("--resize", type=int, default=None, metavar="PIXELS",
+                        help="shrink photos whose shorter side is larger to this size (e.g. 320 for 256 crops); "
+                             "default: keep the original size")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded photos (default 90)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the photo shuffle (default 0)")
+    parser.add_argument("--limit", type=int, default=None, help="keep only N photos (a seeded random subset)")
+    parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: all CPU cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def default_prefix(src: str) -> str:
+    name = Path(src.rstrip("/\\")).name
+    stem = name[: -len(".zip")] if name.lower().endswith(".zip") else name
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", stem).strip("_.") or "shard"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fst shards``: raises FstError on bad input (fst.cli prints it as one line)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = ShardSettings(
+        prefix=args.prefix or default_prefix(args.src),
+        samples_per_shard=args.samples_per_shard,
+        resize=args.resize,
+        quality=args.quality,
+        seed=args.seed,
+        limit=args.limit,
+    )
+    manifest = build_shards(args.src, args.out_dir, settings, workers=args.workers, progress=not args.no_progress)
+    out = Path(args.out_dir).expanduser().resolve()
+    print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards "
+          f"({manifest['bytes'] / 1e6:.1f} MB), {manifest['skipped']} unreadable images skipped")
+    print(f"manifest: {out / MANIFEST_NAME}")
+    print(f"train with: data=coco data.shards='{out / manifest['pattern']}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
