@@ -15,7 +15,7 @@ Keeping the image in [0, 1] (the range every fst image lives in):
   projection moves the iterate behind L-BFGS's back, so its curvature pairs are slightly
   inconsistent, but it converges much faster than the sigmoid variant early on (starry_night
   loss, 64 px chelsea: total 5.73 vs 8.57 after 10 steps; 64 px astronaut: best 1.44 vs
-  1.72 within 100 steps), which is the budget range issue #7 compares at.
+  1.72 within 100 steps), which is the budget range the quality report compares at.
 * ``"sigmoid"``: optimise logits ``z`` with ``image = sigmoid(z)``: smooth and
   unconstrained, as L-BFGS assumes. The photo is clipped to [SIGMOID_EPS, 1 - SIGMOID_EPS]
   before its logit is taken (at most 1/4 of a grey level), else pure black/white pixels
