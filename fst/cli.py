@@ -9,14 +9,13 @@ line with exit 2, and Ctrl-C into exit 130.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from fst.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FstError, UsageError
+from fst.errors import EXIT_OK, EXIT_USAGE, ArgumentParser, run_command  # noqa: F401 - ArgumentParser re-exported
 
 # command -> (module:function taking argv and returning an exit status, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,29 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep-report": ("fst.sweep.report:main", "rebuild the contact sheet and table of a finished sweep"),
     "quality": ("fst.research.quality:main", "measure a model against per-image optimisation on photos"),
 }
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as a :class:`UsageError` (one line, exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def run_command(main: Callable[[list[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)`` and map what it raises to one stderr line and an exit status."""
-    try:
-        status = main(list(argv) if argv is not None else None)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FstError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_OK if status is None else int(status)
 
 
 def _load(target: str) -> Callable[[list[str] | None], int | None]:

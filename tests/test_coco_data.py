@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from conftest import TRAIN_PHOTOS, VAL_PHOTOS
 from fst.train.config import quote_braced_values
-from fst.data.coco import CocoDataModule, ShardStream, decode_photo, expand_shards
+from fst.data.coco import CocoDataModule, ShardStream, expand_shards
+from fst.images import decode_image
 from fst.data.shards import ShardSettings, build_shards
 from fst.errors import FstError
 from fst.train.run import train
@@ -75,10 +76,10 @@ def test_one_pass_covers_every_sample_once_per_worker_split(shards: Path) -> Non
 
 def test_large_jpegs_are_decoded_at_reduced_scale_but_never_below_the_crop_need() -> None:
     data = (TRAIN_PHOTOS / "nature" / "Aqua.jpg").read_bytes()  # 1280 x 800
-    assert decode_photo(data).size == (1280, 800)
-    assert decode_photo(data, min_short_side=400).size == (640, 400)  # DCT scaling by 1/2
-    assert decode_photo(data, min_short_side=300).size == (640, 400)  # 1/4 would give 200 < 300
-    assert decode_photo(data, min_short_side=500).size == (1280, 800)
+    assert decode_image(data).rgb.size == (1280, 800)
+    assert decode_image(data, min_side=400).rgb.size == (640, 400)  # DCT scaling by 1/2
+    assert decode_image(data, min_side=300).rgb.size == (640, 400)  # 1/4 would give 200 < 300
+    assert decode_image(data, min_side=500).rgb.size == (1280, 800)
     # image_size 256 with crop scale 0.25: crops may be 0.43 of the shorter side, so >= 592 px is kept
     assert ShardStream(["x.tar"], 256, 1).min_short_side == 592
 

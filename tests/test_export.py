@@ -13,7 +13,7 @@ import torch
 
 from _infer_corpus import photo, random_model
 from conftest import VAL_PHOTOS
-from fst.cli import run_command
+from fst.errors import run_command
 from fst.errors import FstError
 from fst.train.export import export_model, main
 from fst.nets.export_formats import EXPORT_TOLERANCE, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fst.cli import run_command
+from fst.errors import run_command
 from fst.images import open_rgb, pil_to_tensor, resize_long_side
 from fst.loss.perceptual import PerceptualLoss
 from fst.nets.model_file import save_model

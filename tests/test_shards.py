@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import TRAIN_PHOTOS, VAL_PHOTOS
-from fst.cli import run_command
+from fst.errors import run_command
 from fst.data.shards import ShardSettings, build_shards, default_samples_per_shard, read_manifest
 from fst.data.shards import main as shards_main
 from fst.errors import FstError

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY, VAL_PHOTOS
-from fst.cli import run_command
+from fst.errors import run_command
 from fst.nets.model_file import load_model
 from fst.sweep import gpu_slots
 from fst.sweep.contact_sheet import EMPTY_CELL

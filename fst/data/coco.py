@@ -30,14 +30,13 @@ import random
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from io import BytesIO
 from itertools import count
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 import webdataset as wds
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
@@ -47,7 +46,7 @@ from fst.data.folder import PreviewDataset
 from fst.data.shards import MANIFEST_NAME, read_manifest
 from fst.data.transforms import TrainTransform
 from fst.errors import FstError
-from fst.images import list_images
+from fst.images import decode_image, list_images
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +123,6 @@ def samples_in(urls: list[str], manifest_location: str | None) -> int:
             raise FstError(f"data.shards: {name} is not listed in {manifest_location}; set data.samples_per_epoch=N")
         total += per_shard[name]
     return total
-
-
-def decode_photo(data: bytes, min_short_side: int = 0) -> Image.Image:
-    """Upright RGB image from encoded bytes. Large JPEGs are decoded at a reduced DCT scale,
-    never below ``min_short_side`` on the shorter side (so crops are never upsampled by it)."""
-    img = Image.open(BytesIO(data))
-    if img.format == "JPEG" and min_short_side and min(img.size) >= 2 * min_short_side:
-        w, h = img.size
-        scale = min(w, h) / min_short_side
-        img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-    img.load()
-    return ImageOps.exif_transpose(img).convert("RGB")
 
 
 class ShardStream(IterableDataset):
@@ -236,12 +223,15 @@ class ShardStream(IterableDataset):
 
     def _decode(self, sample: dict[str, Any]) -> Image.Image | None:
         data = next((sample[k] for k in IMAGE_MEMBERS if k in sample), None)
+        where = f"{sample.get('__url__')}: {sample.get('__key__')}"
+        if data is None:
+            self._count_corrupt(f"{where}: no image member (has {sorted(k for k in sample if not k.startswith('__'))})")
+            return None
         try:
-            if data is None:
-                raise ValueError(f"no image member (has {sorted(k for k in sample if not k.startswith('__'))})")
-            return decode_photo(data, self.min_short_side)
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            self._count_corrupt(f"{sample.get('__url__')}: {sample.get('__key__')}: {exc}")
+            # Large JPEGs decode at a reduced DCT scale, never below the crop's short side.
+            return decode_image(data, name=where, min_side=self.min_short_side).rgb
+        except FstError as exc:
+            self._count_corrupt(str(exc))
             return None
 
     def _skip_unreadable(self, exc: Exception) -> bool:

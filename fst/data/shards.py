@@ -48,7 +48,8 @@ from typing import Any
 from PIL import Image, ImageOps
 from webdataset import TarWriter
 
-from fst.cli import ArgumentParser, run_command
+from fst.fsutil import atomic_path, atomic_write_text
+from fst.errors import ArgumentParser, run_command
 from fst.errors import FstError
 from fst.images import IMAGE_EXTENSIONS, resize_short_side
 
@@ -238,9 +239,7 @@ def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     manifest["samples"] = sum(s["samples"] for s in done)
     manifest["bytes"] = sum(s["bytes"] for s in done)
     manifest["skipped"] = sum(len(s["skipped"]) for s in done)
-    tmp = out_dir / (MANIFEST_NAME + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out_dir / MANIFEST_NAME)  # atomic: a crash never leaves half a manifest
+    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")  # never half a manifest
 
 
 def _start_manifest(out_dir: Path, source: PhotoSource, photos: list[SourcePhoto], settings: ShardSettings,
@@ -328,10 +327,10 @@ def _write_shard(out: Path, prefix: str, index: int, photos: list[SourcePhoto],
                  results: Iterator[tuple[bytes | None, str | None]], bar: Any) -> dict[str, Any]:
     """Writes one shard under a temporary name and renames it when complete."""
     name = shard_name(prefix, index)
-    partial = out / (name + ".partial")
     skipped = []
     written = 0
-    with open(partial, "wb") as stream, TarWriter(stream, encoder=False, mtime=_TAR_MTIME) as tar:
+    with atomic_path(out / name) as partial, open(partial, "wb") as stream, \
+            TarWriter(stream, encoder=False, mtime=_TAR_MTIME) as tar:
         for photo in photos:
             jpeg, error = next(results)
             if jpeg is None:
@@ -343,7 +342,6 @@ def _write_shard(out: Path, prefix: str, index: int, photos: list[SourcePhoto],
             bar.update(1)
             if skipped:
                 bar.set_postfix(skipped=len(skipped), refresh=False)
-    os.replace(partial, out / name)
     return {"name": name, "samples": written, "bytes": (out / name).stat().st_size, "skipped": skipped}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fst.cli import ArgumentParser, run_command
+from fst.errors import ArgumentParser, run_command
 from fst.errors import FstError
 from fst.fsutil import file_sha256
 from fst.images import list_images, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil

@@ -28,6 +28,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from fst.fsutil import atomic_write_text
 from fst.errors import FstError
 
 log = logging.getLogger(__name__)
@@ -179,12 +180,7 @@ def error_text(exc: BaseException, limit: int = 500) -> str:
 
 def write_summary(output_dir: Path, summary: Mapping[str, Any]) -> Path:
     """Atomic write: the report never reads a half-written summary of a running job."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / SUMMARY_NAME
-    tmp = path.with_name(f".{SUMMARY_NAME}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(output_dir / SUMMARY_NAME, json.dumps(summary, indent=2, sort_keys=False) + "\n")
 
 
 def _relative(path: str | None, base: Path) -> str | None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fst.cli import ArgumentParser, run_command
+from fst.fsutil import atomic_path, atomic_write_text
+from fst.errors import ArgumentParser, run_command
 from fst.errors import FstError, UsageError
 from fst.images import list_images
 from fst.resources import VAL_PHOTOS_DIR
@@ -215,11 +216,12 @@ def build_report(
     title = f"{sweep_dir.name} · {', '.join(styles)}" if styles else sweep_dir.name
     image, boxes = render_contact_sheet(jobs, swept, photos, size=size, device=device, title=title)
     sheet_path = sweep_dir / CONTACT_SHEET_NAME
-    image.save(sheet_path)
+    with atomic_path(sheet_path) as tmp:
+        image.save(tmp, format="PNG")
     csv_path = sweep_dir / CSV_NAME
-    csv_path.write_text(csv_text(header, rows))
+    atomic_write_text(csv_path, csv_text(header, rows))
     md_path = sweep_dir / MARKDOWN_NAME
-    md_path.write_text(markdown_text(header, rows, sweep_dir, swept))
+    atomic_write_text(md_path, markdown_text(header, rows, sweep_dir, swept))
     return SweepReport(jobs, swept, sheet_path, md_path, csv_path, boxes)
 
 

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from fst.fsutil import atomic_write_text
 from fst.errors import EXIT_FAILED, EXIT_USAGE, FstError, UsageError
 from fst.train.config import CONFIG_DIR, check_group_overrides, instantiate, quote_braced_values, register_resolvers
 
@@ -61,7 +62,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     exported = next((c.written for c in callbacks if getattr(c, "written", None)), None)
