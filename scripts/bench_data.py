@@ -8,7 +8,7 @@ pass over each through the training pipeline (ShardStream: tar read, shuffle buf
 JPEG decode, random resized crop to ``--image-size``, batching):
 
 * ``as stored``: photos_2k as it is (shorter side 320, the size the corpus ships at);
-* ``pre-resized 256``: make_shards.py --resize 256;
+* ``pre-resized 256``: ``fst shards --resize 256``;
 * ``COCO-size``: the photos upscaled to a 480 px shorter side (COCO's 640x480), JPEG q90,
   standing in for original COCO files; and the same pre-resized to 320.
 
@@ -35,31 +35,31 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fst.resources import ASSETS_DIR, BUNDLED_MODELS_DIR
-from fst.data.coco import ShardStream, decode_photo, expand_shards
+from fst.data.coco import ShardStream, expand_shards
 from fst.data.shards import PhotoSource, ShardSettings, build_shards, plan_shards
 from fst.data.transforms import TrainTransform
-from fst.images import open_rgb
+from fst.errors import ArgumentParser, FstError, run_command
+from fst.images import decode_image, open_rgb
 
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
+CHECKOUT = Path(__file__).resolve().parents[1]  # --photos defaults to a corpus beside the checkout
 
 COCO_SHORT_SIDE = 480
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photos", default=str(ROOT_DIR.parent / "shared" / "datasets" / "photos_2k"))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", default=str(CHECKOUT.parent / "shared" / "datasets" / "photos_2k"))
     parser.add_argument("--count", type=int, default=500, help="photos per shard set")
     parser.add_argument("--work", default="/tmp/fst_bench_data", help="where shards are built (kept for re-runs)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
     parser.add_argument("--repeats", type=int, default=3)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def coco_size_copy(photos: Path, count: int, out: Path) -> Path:
-    """The same photos make_shards would pick, upscaled to a COCO-like shorter side."""
+    """The same photos ``fst shards --limit`` would pick, upscaled to a COCO-like shorter side."""
     settings = ShardSettings("x", samples_per_shard=count, limit=count)
     chosen = plan_shards(PhotoSource(photos).list(), settings)[0]
     for photo in chosen:
@@ -108,7 +108,7 @@ def stage_costs(out: Path, args: argparse.Namespace, count: int = 50) -> tuple[f
         datas = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")][:count]
     transform = TrainTransform(args.image_size)
     start = time.process_time()
-    photos = [decode_photo(data) for data in datas]
+    photos = [decode_image(data).rgb for data in datas]
     decode = time.process_time() - start
     start = time.process_time()
     for n, photo in enumerate(photos):
@@ -124,12 +124,11 @@ def _cpu_seconds(workers: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     photos = Path(args.photos).expanduser().resolve()
     if not photos.is_dir():
-        print(f"error: --photos {photos}: no such folder", file=sys.stderr)
-        return 1
+        raise FstError(f"--photos {photos}: no such folder")
     work = Path(args.work)
     torch.set_num_threads(1)  # one core per worker, as in a DataLoader worker
     coco_src = coco_size_copy(photos, args.count, work / "coco_size_src")
@@ -159,4 +158,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

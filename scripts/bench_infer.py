@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fst.errors import ArgumentParser, run_command
+
 # (label, height, width, tile): tile None = one pass; "auto" = what fst-infer does by default.
 CONFIGS = [
     ("512x512", 512, 512, None),
@@ -91,8 +93,8 @@ def _default_model(folder: Path) -> str:
     return str(save_model(TransformerNet(width=32), folder / "bench_w32.safetensors", {"style_name": "random"}))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model name or file (default: random width-32 net)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -101,7 +103,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="labels of CONFIGS to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.child:
         height, width, tile = json.loads(args.child)
@@ -141,4 +143,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -8,7 +8,8 @@ alternating timed blocks (fst first in even blocks, the baseline first in odd on
 load from other processes, clock changes and thermal drift hit both alike; the ratio is
 the figure to quote. fst's step is the trainer's own: ``StyleTransferModule.training_step``
 (TransformerNet + PerceptualLoss) under torch.autocast, then Adam from
-``configure_optimizers``, with the model/loss/trainer defaults read from ``configs/``.
+``configure_optimizers``, with the model/loss/trainer defaults read from fst's Hydra
+configs (``fst/configs``, ``fst.resources.CONFIG_DIR``).
 The baseline is ``scripts/baseline_fast_neural_style.py``. Data loading is not timed:
 each step reuses one batch of real photos already on the device.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -41,17 +43,18 @@ for entry in (str(ROOT), str(SCRIPTS)):  # runnable from a bare checkout (e.g. t
 from baseline_fast_neural_style import BaselineTrainer  # noqa: E402
 from bench_train_profile import profile_baseline, profile_fst  # noqa: E402
 
-from fst.images import open_rgb, pil_to_tensor, resize_short_side  # noqa: E402
 import fst.loss.perceptual as fst_losses  # noqa: E402
+from fst.errors import ArgumentParser, FstError, run_command  # noqa: E402
+from fst.images import open_rgb, pil_to_tensor, resize_short_side  # noqa: E402
 from fst.loss.perceptual import PerceptualLoss  # noqa: E402
-from fst.train.module import StyleTransferModule  # noqa: E402
-from fst.nets.transformer import TransformerNet  # noqa: E402
 from fst.loss.weights import CONV_LAYERS, VGGWeights, load_vgg16_weights  # noqa: E402
-from fst.resources import ASSETS_DIR
+from fst.nets.transformer import TransformerNet  # noqa: E402
+from fst.resources import CONFIG_DIR, TRAIN_PHOTOS_DIR, bundled_style  # noqa: E402
+from fst.train.module import StyleTransferModule  # noqa: E402
 
-CONFIGS = ROOT / "configs"
-STYLE_IMAGE = ASSETS_DIR / "styles" / "starry_night.jpg"
-PHOTOS = ASSETS_DIR / "photos" / "train"
+STYLE_NAME = "starry_night"
+STYLE_IMAGE = bundled_style(STYLE_NAME)
+PHOTOS = TRAIN_PHOTOS_DIR
 TRAINER_PRECISION = {"32-true": "fp32", "32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Conv layers the loss networks read (up to conv4_3 = features index 21): all a subset file needs.
@@ -59,7 +62,12 @@ SUBSET_CONVS = [idx for idx, *_ in CONV_LAYERS if idx <= 21]
 
 
 def config(group: str, name: str) -> dict:
-    return yaml.safe_load((CONFIGS / group / f"{name}.yaml").read_text())
+    return yaml.safe_load((CONFIG_DIR / group / f"{name}.yaml").read_text())
+
+
+def resolve_channels_last(value: bool | str, device: str) -> bool:
+    """The model config's ``channels_last`` (``auto`` = on CUDA only) for ``device``."""
+    return device == "cuda" if value == "auto" else bool(value)
 
 
 # ---------------------------------------------------------------- VGG weights
@@ -72,7 +80,7 @@ def load_vgg_weights(spec: str) -> VGGWeights:
     state = load_file(spec)
     missing = [f"{i}.{p}" for i in SUBSET_CONVS for p in ("weight", "bias") if f"{i}.{p}" not in state]
     if missing:
-        raise SystemExit(f"error: {spec}: missing VGG16 tensors {missing[:3]}; write it with --write-vgg-subset")
+        raise FstError(f"{spec}: missing VGG16 tensors {missing[:3]}; write it with --write-vgg-subset")
     return VGGWeights({k: v.float() for k, v in state.items()}, "caffe", f"subset file {spec}")
 
 
@@ -112,11 +120,11 @@ def apply_experiments(names: list[str], fst: FstStep) -> None:
         fst_losses.gram_matrix = gram_matrix_nhwc  # StyleTargets looks it up at call time
     if "conv_out_nhwc" in names:
         # oneDNN's NCHW kernels for a 3-channel output are ~2x slower (fwd+bwd) than its NHWC ones.
-        conv_out = fst.train.module.net.conv_out
+        conv_out = fst.module.net.conv_out
         conv_out.register_forward_pre_hook(lambda m, a: (a[0].contiguous(memory_format=torch.channels_last),))
         conv_out.register_forward_hook(lambda m, a, out: out.contiguous())
     if "fused_adam" in names:
-        fst.optimizer = torch.optim.Adam(fst.train.module.net.parameters(), lr=fst.train.module.lr, fused=True)
+        fst.optimizer = torch.optim.Adam(fst.module.net.parameters(), lr=fst.lr, fused=True)
 
 
 # ---------------------------------------------------------------- the two steps
@@ -139,14 +147,17 @@ class FstStep:
                  compile_net: bool, compile_loss: bool, style_size: int | None = None) -> None:
         model_cfg, loss_cfg = config("model", "johnson"), config("loss", "caffe")
         net_kwargs = {k: v for k, v in model_cfg["net"].items() if k != "_target_"}
-        loss = PerceptualLoss(
-            style_image=STYLE_IMAGE, style_size=style_size or config("style", "starry_night")["size"],
-            content_layers=loss_cfg["content_layers"], style_layers=loss_cfg["style_layers"],
-            content_weight=loss_cfg["content_weight"], style_weight=loss_cfg["style_weight"],
-            tv_weight=loss_cfg["tv_weight"], vgg_weights=weights)
-        self.module = StyleTransferModule(TransformerNet(**net_kwargs), loss, lr=model_cfg["lr"],
-                                          channels_last=channels_last, compile=compile_net).to(device)
-        self.optimizer = self.module.configure_optimizers()  # no scheduler configured: plain Adam
+        # configs/loss/caffe.yaml as Hydra instantiates it; the style image and size are
+        # interpolated from configs/style there, and the weights come in already loaded.
+        loss_kwargs = {k: v for k, v in loss_cfg.items()
+                       if k not in ("_target_", "style_image", "style_size", "vgg_weights")}
+        loss = PerceptualLoss(style_image=STYLE_IMAGE, style_size=style_size or config("style", STYLE_NAME)["size"],
+                              vgg_weights=weights, **loss_kwargs)
+        self.lr = float(model_cfg["optimizer"]["lr"])
+        self.module = StyleTransferModule(
+            TransformerNet(**net_kwargs), loss, optimizer=functools.partial(torch.optim.Adam, lr=self.lr),
+            scheduler=None, channels_last=channels_last, compile=compile_net, style_name=STYLE_NAME).to(device)
+        self.optimizer = self.module.configure_optimizers()  # no scheduler: plain Adam
         self.device = device
         self.precision = precision
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -285,23 +296,23 @@ def describe_machine(device: torch.device) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--size", type=int, nargs="+", default=[256], help="square training crop sizes (default 256)")
     p.add_argument("--batch", type=int, default=None, help="photos per step (default 4 on cpu, 32 on cuda)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                   help="fst's autocast precision (default: configs/trainer/{cpu,gpu}.yaml)")
+                   help="fst's autocast precision (default: fst/configs/trainer/{cpu,gpu}.yaml)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="fst in channels_last (default: configs/model/johnson.yaml)")
+                   help="fst in channels_last (default: fst/configs/model/johnson.yaml; auto = on CUDA only)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile fst's net (default: configs/model/johnson.yaml)")
+                   help="torch.compile fst's net (default: fst/configs/model/johnson.yaml)")
     p.add_argument("--compile-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="with --compile, also compile the VGG loss networks (default on)")
     p.add_argument("--iters", type=int, default=None, help="timed steps per side (default 8 on cpu, 200 on cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per side first (default 2 cpu, 20 cuda)")
     p.add_argument("--blocks", type=int, default=4, help="alternating timed blocks the steps are split into")
     p.add_argument("--style-size", type=int, default=None,
-                   help="long side of fst's style image (default: configs/style; the baseline uses the crop size)")
+                   help="long side of fst's style image (default: fst/configs/style; the baseline uses the crop size)")
     p.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS),
                    help="apply a candidate change to fst's step (repeatable): "
                    + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()))
@@ -316,7 +327,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model_cfg = config("model", "johnson")
     args.batch = args.batch or (32 if gpu else 4)
     args.precision = args.precision or TRAINER_PRECISION[str(config("trainer", "gpu" if gpu else "cpu")["precision"])]
-    args.channels_last = model_cfg["channels_last"] if args.channels_last is None else args.channels_last
+    if args.channels_last is None:
+        args.channels_last = resolve_channels_last(model_cfg["channels_last"], args.device)
     args.compile = model_cfg["compile"] if args.compile is None else args.compile
     args.iters = args.iters or (200 if gpu else 8)
     args.warmup = args.warmup if args.warmup is not None else (20 if gpu else 2)
@@ -330,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         write_vgg_subset(args.write_vgg_subset)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-        return 1
+        raise FstError("--device cuda but torch.cuda.is_available() is False")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here
@@ -366,4 +377,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

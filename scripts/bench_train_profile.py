@@ -122,7 +122,7 @@ def _render(title: str, phases: dict[str, float], top: list, bmm_share: float) -
 def profile_fst(fst, photos: torch.Tensor, steps: int) -> dict:
     """Phase breakdown (eager only) and top operators of ``FstStep``."""
     clock = PhaseClock(photos.device)
-    module, loss = fst.train.module, fst.train.module.loss
+    module, loss = fst.module, fst.module.loss
     handles = []
     if not fst.compiled:
         handles += clock.watch(module.net, "net", image_grad=True)
