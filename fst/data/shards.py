@@ -48,9 +48,8 @@ from typing import Any
 from PIL import Image, ImageOps
 from webdataset import TarWriter
 
+from fst.errors import ArgumentParser, FstError, run_command
 from fst.fsutil import atomic_path, atomic_write_text
-from fst.errors import ArgumentParser, run_command
-from fst.errors import FstError
 from fst.images import IMAGE_EXTENSIONS, resize_short_side
 
 log = logging.getLogger(__name__)

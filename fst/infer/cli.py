@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from fst.errors import ArgumentParser, run_command
-from fst.errors import EXIT_FAILED, EXIT_OK, FstError, UsageError
+from fst.errors import ArgumentParser, EXIT_FAILED, EXIT_OK, FstError, UsageError, run_command
 from fst.images import OUTPUT_FORMATS, Photo, read_photo, write_photo
-from fst.infer.inputs import DEFAULT_TEMPLATE, TEMPLATE_FIELDS, Job, check_template, expand_inputs, output_path
+from fst.infer.inputs import DEFAULT_TEMPLATE, Job, TEMPLATE_FIELDS, check_template, expand_inputs, output_path
 
 if TYPE_CHECKING:
     from fst.infer.stylizer import Stylizer

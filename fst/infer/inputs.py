@@ -13,8 +13,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fst.images import IMAGE_EXTENSIONS
-from fst.images import OUTPUT_FORMATS
+from fst.images import IMAGE_EXTENSIONS, OUTPUT_FORMATS
 
 DEFAULT_TEMPLATE = "{stem}_{style}.{ext}"
 TEMPLATE_FIELDS = ("stem", "name", "style", "model", "ext")

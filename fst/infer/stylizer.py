@@ -23,8 +23,7 @@ from PIL import Image
 from fst.errors import FstError
 from fst.images import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil, upright
 from fst.infer.backends import OnnxBackend, TorchBackend, load_backend
-from fst.infer.color import blend
-from fst.infer.color import preserve_color as luminance_transfer
+from fst.infer.color import blend, preserve_color as luminance_transfer
 from fst.infer.tiling import tiled_forward
 
 # Below this many pixels per side reflection padding inside the network is impossible

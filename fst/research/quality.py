@@ -27,13 +27,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fst.errors import ArgumentParser, run_command
-from fst.errors import FstError
+from fst.errors import ArgumentParser, FstError, run_command
 from fst.fsutil import file_sha256
 from fst.images import list_images, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 from fst.loss.perceptual import PerceptualLoss
 from fst.nets.model_file import load_model
-from fst.research.gatys import LOSS_TERMS, PARAMETRISATIONS, GatysRun, gatys_stylize, loss_terms
+from fst.research.gatys import GatysRun, LOSS_TERMS, PARAMETRISATIONS, gatys_stylize, loss_terms
 from fst.resources import bundled_style
 from fst.train.config import instantiate
 

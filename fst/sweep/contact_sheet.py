@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -18,9 +17,8 @@ from fst.data.transforms import PreviewTransform
 from fst.errors import FstError
 from fst.images import open_rgb, tensor_to_pil
 from fst.infer import Stylizer
+from fst.sweep.job import JobRecord
 
-if TYPE_CHECKING:
-    from fst.sweep.report import JobRecord
 
 PAD = 16          # outer margin and space between header and grid
 PHOTO_GAP = 4     # between the photos of one cell

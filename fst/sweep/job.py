@@ -11,6 +11,7 @@ which is where failed jobs are reported (fst.sweep.callbacks.BuildSweepReport).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 import logging
 import os
 import socket
@@ -28,8 +29,8 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from fst.fsutil import atomic_write_text
 from fst.errors import FstError
+from fst.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +254,24 @@ def run_sweep_job(
     if summary["status"] == "completed" and summary["model"]:
         print(f"model: {output_dir / summary['model']}")
     return tracker.losses.get("total")
+
+
+@dataclass
+class JobRecord:
+    """One job directory of the sweep, as found on disk."""
+
+    num: int
+    dir: Path
+    overrides: dict[str, str]
+    status: str  # completed | failed | missing (no summary: crashed or still running)
+    error: str | None = None
+    steps: int | None = None
+    wall_time_s: float | None = None
+    losses: dict[str, float] = field(default_factory=dict)
+    model: Path | None = None
+    val_photos: list[Path] = field(default_factory=list)
+    val_root: str | None = None
+    style_name: str | None = None
+
+    def value(self, key: str) -> str:
+        return self.overrides.get(key, "")

@@ -20,38 +20,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from fst.errors import ArgumentParser, FstError, UsageError, run_command
 from fst.fsutil import atomic_path, atomic_write_text
-from fst.errors import ArgumentParser, run_command
-from fst.errors import FstError, UsageError
 from fst.images import list_images
 from fst.resources import VAL_PHOTOS_DIR
-from fst.sweep.job import FINAL_LOSS_WINDOW, LOSS_TERMS, SUMMARY_NAME, override_key, override_value
+from fst.sweep.job import FINAL_LOSS_WINDOW, JobRecord, LOSS_TERMS, SUMMARY_NAME, override_key, override_value
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
 MARKDOWN_NAME = "sweep_report.md"
 CSV_NAME = "sweep_report.csv"
 BUNDLED_VAL_PHOTOS = VAL_PHOTOS_DIR
-
-
-@dataclass
-class JobRecord:
-    """One job directory of the sweep, as found on disk."""
-
-    num: int
-    dir: Path
-    overrides: dict[str, str]
-    status: str  # completed | failed | missing (no summary: crashed or still running)
-    error: str | None = None
-    steps: int | None = None
-    wall_time_s: float | None = None
-    losses: dict[str, float] = field(default_factory=dict)
-    model: Path | None = None
-    val_photos: list[Path] = field(default_factory=list)
-    val_root: str | None = None
-    style_name: str | None = None
-
-    def value(self, key: str) -> str:
-        return self.overrides.get(key, "")
 
 
 @dataclass

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fst.errors import ArgumentParser, run_command
-from fst.errors import FstError
+from fst.errors import ArgumentParser, FstError, run_command
 from fst.nets.legacy import LEGACY_SUFFIXES
 from fst.nets.model_file import MODEL_SUFFIX, full_metadata, load, save_model, without_header
 from fst.nets.transformer import TransformerNet

@@ -22,8 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fst.fsutil import atomic_write_text
 from fst.errors import EXIT_FAILED, EXIT_USAGE, FstError, UsageError
+from fst.fsutil import atomic_write_text
 from fst.train.config import CONFIG_DIR, check_group_overrides, instantiate, quote_braced_values, register_resolvers
 
 log = logging.getLogger(__name__)
