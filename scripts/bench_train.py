@@ -85,7 +85,7 @@ def load_vgg_weights(spec: str) -> VGGWeights:
 
 
 def write_vgg_subset(path: Path) -> None:
-    """The caffe tensors up to conv4_3 (30 MB instead of 59): small enough to carry to a GPU machine."""
+    """The caffe tensors up to conv4_3 (30 MB instead of 59): small enough to copy to a GPU machine."""
     from safetensors.torch import save_file
 
     full = load_vgg16_weights("caffe").state_dict
@@ -147,8 +147,8 @@ class FstStep:
                  compile_net: bool, compile_loss: bool, style_size: int | None = None) -> None:
         model_cfg, loss_cfg = config("model", "johnson"), config("loss", "caffe")
         net_kwargs = {k: v for k, v in model_cfg["net"].items() if k != "_target_"}
-        # configs/loss/caffe.yaml as Hydra instantiates it; the style image and size are
-        # interpolated from configs/style there, and the weights come in already loaded.
+        # fst/configs/loss/caffe.yaml as Hydra instantiates it; the style image and size are
+        # interpolated from fst/configs/style there, and the weights come in already loaded.
         loss_kwargs = {k: v for k, v in loss_cfg.items()
                        if k not in ("_target_", "style_image", "style_size", "vgg_weights")}
         loss = PerceptualLoss(style_image=STYLE_IMAGE, style_size=style_size or config("style", STYLE_NAME)["size"],
