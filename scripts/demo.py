@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from fst.resources import VAL_PHOTOS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT = [ROOT / "assets/photos/val/skimage/chelsea.png", ROOT / "assets/photos/val/skimage/coffee.png"]
+HELD_OUT = [VAL_PHOTOS_DIR / "skimage" / "chelsea.png", VAL_PHOTOS_DIR / "skimage" / "coffee.png"]
 
 
 def main() -> int:
