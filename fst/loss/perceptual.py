@@ -52,6 +52,40 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     return dh.pow(2).mean() + dw.pow(2).mean()
 
 
+def sliced_palette_distance(output: torch.Tensor, target_sorted: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Sliced Wasserstein-2 distance between each output image's pixel colours and a painting's.
+
+    ``directions`` (3, D) are unit vectors in RGB; ``target_sorted`` (N, D) the painting's
+    pixels projected on them, sorted. Each image's projections are sorted and compared
+    quantile by quantile (so any image size matches any painting size), and each
+    direction's error is divided by the painting's variance along it: scale-free, like
+    the other terms. It sees the whole colour distribution (how much of each colour),
+    which the Gram matrices of the style term only constrain loosely.
+    """
+    batch = output.shape[0]
+    pixels = output.float().permute(0, 2, 3, 1).reshape(batch, -1, 3)
+    projected = torch.sort(pixels @ directions, dim=1).values  # (B, M, D)
+    m, n = projected.shape[1], target_sorted.shape[0]
+    quantiles = ((torch.arange(m, device=output.device) + 0.5) * (n / m)).long().clamp_max(n - 1)
+    error = (projected - target_sorted[quantiles]).pow(2).mean(dim=(0, 1))
+    return (error / target_sorted.var(dim=0).clamp_min(1e-8)).mean()
+
+
+class PaletteTarget(nn.Module):
+    """The painting's colours, projected on fixed random RGB directions and sorted, as buffers."""
+
+    def __init__(self, painting: torch.Tensor, directions: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        unit = torch.randn(3, directions, generator=generator)
+        self.register_buffer("directions", unit / unit.norm(dim=0, keepdim=True))
+        pixels = painting.detach().float()[0].permute(1, 2, 0).reshape(-1, 3)
+        self.register_buffer("sorted_projections", torch.sort(pixels @ self.directions, dim=0).values)
+
+    def forward(self, output: torch.Tensor) -> torch.Tensor:
+        return sliced_palette_distance(output, self.sorted_projections, self.directions)
+
+
 class StyleTargets(nn.Module):
     """Gram matrices of the style image at each style layer, kept as buffers.
 
@@ -105,6 +139,7 @@ class PerceptualLoss(nn.Module):
         content_weight: float,
         style_weight: float,
         tv_weight: float,
+        palette_weight: float,
         vgg_weights: str | VGGWeights,
     ) -> None:
         super().__init__()
@@ -113,6 +148,7 @@ class PerceptualLoss(nn.Module):
         self.content_weight = float(content_weight)
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
+        self.palette_weight = float(palette_weight)
         self.style_size = None if style_size is None else int(style_size)
 
         # The painting first: a wrong path should not wait for the VGG16 weights.
@@ -139,6 +175,7 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad():
             features = self.vgg(style_image)
         self.style_targets = StyleTargets.from_features(features, list(self.style_layer_weights))
+        self.palette = PaletteTarget(style_image)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -152,6 +189,7 @@ class PerceptualLoss(nn.Module):
             "content_weight": self.content_weight,
             "style_weight": self.style_weight,
             "tv_weight": self.tv_weight,
+            "palette_weight": self.palette_weight,
             "vgg_weights": self.vgg_spec,
         }
 
@@ -169,5 +207,7 @@ class PerceptualLoss(nn.Module):
             style_total = style_total + weighted
         terms["style"] = style_total
         terms["tv"] = self.tv_weight * total_variation(output)
-        terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+        terms["palette"] = (self.palette_weight * self.palette(output) if self.palette_weight
+                            else output.new_zeros((), dtype=torch.float32))
+        terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["palette"]
         return terms
