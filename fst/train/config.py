@@ -4,6 +4,7 @@ instantiation that lets fst's own errors through."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +22,17 @@ __all__ = ["CONFIG_DIR", "check_group_overrides", "group_options", "instantiate"
 
 
 def register_resolvers() -> None:
-    """``${fst_package:}``: the installed package folder, so configs name bundled assets wherever fst is installed."""
+    """``${fst_package:}``: the installed package folder, so configs name bundled assets wherever
+    fst is installed; ``${fst_stem:PATH}``: a file's name without folder and suffix, so a style
+    given as ``style.image=mine.jpg`` is called ``mine`` unless ``style.name`` says otherwise."""
     if not OmegaConf.has_resolver("fst_package"):
         OmegaConf.register_new_resolver("fst_package", lambda: str(PACKAGE_DIR))
+    if not OmegaConf.has_resolver("fst_stem"):
+        OmegaConf.register_new_resolver("fst_stem", _file_stem)
+
+
+def _file_stem(path: str) -> str:
+    return Path(str(path)).stem
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:

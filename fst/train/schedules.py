@@ -32,7 +32,10 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, min_lr_ratio: float, warmup_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Cosine decay to ``min_lr_ratio`` x lr over ``total_steps``, after a linear warm-up."""
-    if not 0 <= warmup_steps < max(1, total_steps):
-        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
-    factor = WarmupCosine(max(1, int(total_steps)), float(min_lr_ratio), int(warmup_steps))
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    total_steps = max(1, int(total_steps))
+    # A run shorter than the warm-up (a debug run, a smoke test) warms up over half of it.
+    warmup_steps = min(int(warmup_steps), total_steps // 2)
+    factor = WarmupCosine(total_steps, float(min_lr_ratio), warmup_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
