@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("fst.loss.weights:main", "fetch and cache the VGG16 loss-network weights ahead of time"),
     "shards": ("fst.data.shards:main", "pack a photo folder or zip into webdataset shards"),
     "sweep-report": ("fst.sweep.report:main", "rebuild the contact sheet and table of a finished sweep"),
-    "quality": ("fst.research.quality:main", "measure a model against per-image optimisation on photos"),
+    "quality": ("fst.research.quality:main", "measure a model (colour, contrast, structure, blobs, loss) beside a peer and Gatys"),
 }
 
 

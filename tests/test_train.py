@@ -134,6 +134,11 @@ def test_run_writes_tensorboard_scalars_images_and_model(compose_cfg, photo_dir:
     net, meta = load_model(out / "model.safetensors")
     assert meta["style_name"] == "starry_night" and meta["steps"] == 2
     assert meta["architecture"]["width"] == 8 and meta["loss"]["content_layers"] == ["relu2_2"]
+    # The schedule that made the model travels with it, with no path of this machine in it.
+    training = meta["training"]
+    assert (training["steps"], training["batch_size"], training["crop"]) == (2, 2, 48)
+    assert training["photos"] == "/".join(photo_dir.parts[-2:]) and training["lr"] == 3e-4
+    assert training["wall_minutes_this_run"] >= 0 and "CPU" in training["machine"]
     assert len(meta["style_sha256"]) == 64
 
 

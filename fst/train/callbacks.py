@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -11,23 +13,59 @@ from typing import Any
 import pytorch_lightning as pl
 
 from fst.nets.model_file import save_model
+from fst.resources import PACKAGE_DIR
 from fst.train.checkpoint import module_metadata
 
 log = logging.getLogger(__name__)
 
 
 class ExportModel(pl.Callback):
-    """Writes ``model.safetensors`` when training ends (rank 0 only)."""
+    """Writes ``model.safetensors`` when training ends (rank 0 only).
 
-    def __init__(self, path: str) -> None:
+    ``schedule`` (from the config: steps, batch, crop size, photos, precision) goes into the
+    model's metadata as ``training``, with the wall time of this run and the machine, so
+    every model file says what made it.
+    """
+
+    def __init__(self, path: str, schedule: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.schedule = dict(schedule or {})
         self.written: Path | None = None
+        self._started: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self.written = save_model(pl_module.net, self.path, module_metadata(pl_module, trainer.global_step))
+        meta = module_metadata(pl_module, trainer.global_step)
+        meta["training"] = {
+            **{k: _portable(v) for k, v in self.schedule.items()},
+            "wall_minutes_this_run": None if self._started is None else round((time.perf_counter() - self._started) / 60, 1),
+            "machine": _machine(trainer),
+        }
+        self.written = save_model(pl_module.net, self.path, meta)
         log.info("exported model: %s", self.written)
+
+
+def _portable(value: Any) -> Any:
+    """A path inside the installed package as ``fst/...``, any other path as its last two parts."""
+    if isinstance(value, str) and os.sep in value:
+        path = Path(value)
+        try:
+            return "fst/" + path.resolve().relative_to(PACKAGE_DIR).as_posix()
+        except ValueError:
+            return "/".join(path.parts[-2:])
+    return value
+
+
+def _machine(trainer: pl.Trainer) -> str:
+    import torch
+
+    if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and torch.cuda.is_available():
+        return f"{trainer.num_devices} x {torch.cuda.get_device_name(0)}"
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 class TrainingTimeEstimate(pl.Callback):
