@@ -1,5 +1,5 @@
 """The README's first command (`make demo`): train starry_night on the bundled photos with
-the CPU preset `experiment=demo`, export the model, stylize two photos that were not in
+the CPU preset `experiment=quick`, export the model, stylize two photos that were not in
 training, and print where everything is."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> int:
     out = Path(args.out)
 
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "fst.train", "experiment=demo", f"hydra.run.dir={out}", *args.overrides]
+    cmd = [sys.executable, "-m", "fst.train", "experiment=quick", f"hydra.run.dir={out}", *args.overrides]
     print("$", " ".join(cmd), flush=True)
     if subprocess.call(cmd, cwd=ROOT) != 0:
         print("error: demo training failed (see above)", file=sys.stderr)

@@ -65,10 +65,15 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, directions: int = SWD_DIREC
     rng = np.random.default_rng(seed)
     dirs = rng.normal(size=(directions, a.shape[1]))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    q = (np.arange(SWD_QUANTILES) + 0.5) / SWD_QUANTILES
-    pa = np.quantile(a @ dirs.T, q, axis=0)
-    pb = np.quantile(b @ dirs.T, q, axis=0)
-    return float(np.abs(pa - pb).mean())
+    return float(np.abs(_quantiles(a @ dirs.T) - _quantiles(b @ dirs.T)).mean())
+
+
+def _quantiles(projections: np.ndarray) -> np.ndarray:
+    """SWD_QUANTILES evenly spaced order statistics of each column (nearest rank)."""
+    ordered = np.sort(projections, axis=0)
+    n = ordered.shape[0]
+    ranks = np.minimum(((np.arange(SWD_QUANTILES) + 0.5) * n / SWD_QUANTILES).astype(np.int64), n - 1)
+    return ordered[ranks]
 
 
 def contrast(out: Image.Image, photo: Image.Image) -> float:
