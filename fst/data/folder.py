@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fst.data.transforms import PreviewTransform, TrainTransform
@@ -16,6 +18,8 @@ from fst.errors import FstError
 from fst.images import list_images, open_rgb
 
 log = logging.getLogger(__name__)
+# Photo folders up to this size have every file's header checked at setup; larger ones a sample.
+CHECK_ALL = 2000
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -25,12 +29,16 @@ class EpochShuffleSampler(Sampler[int]):
     augmentation from the key alone: data order and crops do not depend on
     global RNG state, so resuming from a checkpoint replays the same batches.
     Lightning calls ``set_epoch`` on samplers that have it.
+
+    A resumed run sets ``resume_at = (epoch, samples)``: the first iteration over that
+    epoch leaves out the samples the interrupted run had already trained on.
     """
 
     def __init__(self, size: int, seed: int = 0) -> None:
         self.size = size
         self.seed = seed
         self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -41,17 +49,23 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         offset = self.epoch * self.size
-        return iter((offset + i for i in torch.randperm(self.size, generator=generator).tolist()))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.resume_at is not None:
+            epoch, done = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch and 0 < done < self.size:
+                order = order[done:]
+        return iter((offset + i for i in order))
 
 
 class ImageFolderDataset(Dataset):
     """Photos under a folder, cropped for training; unreadable files are skipped with a warning."""
 
-    def __init__(self, files: list[Path], transform: TrainTransform, seed: int = 0) -> None:
+    def __init__(self, files: list[Path], transform: TrainTransform, seed: int = 0, bad: set[Path] | None = None) -> None:
         self.files = files
         self.transform = transform
         self.seed = seed
-        self.bad: set[Path] = set()
+        self.bad: set[Path] = bad if bad is not None else set()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -89,7 +103,13 @@ class PreviewDataset(Dataset):
 
 class FolderDataModule(pl.LightningDataModule):
     """Every image under ``root`` (recursive) for training; validation photos come from
-    ``val_root`` or, without one, a fixed held-out slice of ``val_count`` photos."""
+    ``val_root`` or, without one, a fixed held-out slice of ``val_count`` photos.
+
+    Checkpoints carry the data position (epoch and batches done, :meth:`state_dict`): on
+    one device a resumed run trains on exactly the batches an uninterrupted one would.
+    """
+
+    resumes_mid_epoch = True
 
     def __init__(
         self,
@@ -117,11 +137,31 @@ class FolderDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.train_files: list[Path] = []
         self.val_files: list[Path] = []
+        # Photos that could not be decoded: found at setup or while training (skipped, counted).
+        self.unreadable: set[Path] = set()
+        self._resume_at: tuple[int, int] | None = None
+
+    @property
+    def unreadable_files(self) -> int:
+        return len(self.unreadable)
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position, saved in checkpoints: the epoch and the batches of it already trained on."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "epoch" in state_dict:
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_files:
             return
         train_files = _images_in(self.root, "data.root")
+        train_files = self._readable(train_files)
         if self.val_root:
             val_files = _images_in(self.val_root, "data.val_root")[: self.val_count]
         else:
@@ -136,12 +176,45 @@ class FolderDataModule(pl.LightningDataModule):
             train_files = [p for p in train_files if p not in set(val_files)]
         self.train_files, self.val_files = train_files, val_files
 
+    def _readable(self, files: list[Path]) -> list[Path]:
+        """``files`` less those whose header does not decode; an error if none does.
+
+        Headers only (cheap); a file that fails later, in full decoding, is skipped then.
+        Folders of more than CHECK_ALL files are checked on an even sample of them.
+        """
+        sample = files if len(files) <= CHECK_ALL else files[:: max(1, len(files) // CHECK_ALL)]
+        bad: dict[Path, str] = {}
+        for path in sample:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as exc:  # noqa: BLE001 - any decoder error means "skip this file"
+                bad[path] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(bad) == len(sample):
+            first = next(iter(bad.items()))
+            raise FstError(f"data.root={self.root}: none of the {len(files)} image files could be read "
+                           f"(e.g. {first[0].name}: {first[1]})")
+        if bad:
+            self.unreadable.update(bad)
+            first = next(iter(bad))
+            log.warning("data.root=%s: skipping %d unreadable image file(s) of %d (e.g. %s)",
+                        self.root, len(bad), len(sample), first.name)
+        return [p for p in files if p not in bad]
+
     def train_dataloader(self) -> DataLoader:
-        dataset = ImageFolderDataset(self.train_files, TrainTransform(self.image_size, self.crop_scale), self.seed)
+        dataset = ImageFolderDataset(self.train_files, TrainTransform(self.image_size, self.crop_scale), self.seed,
+                                     bad=self.unreadable)
+        sampler = EpochShuffleSampler(len(dataset), self.seed)
+        trainer = getattr(self, "trainer", None)
+        if self._resume_at is not None and (trainer is None or trainer.world_size == 1):
+            # Under DDP Lightning wraps the sampler; there a mid-epoch resume restarts the epoch's order.
+            epoch, batches = self._resume_at
+            sampler.resume_at = (epoch, batches * self.batch_size)
+        self._resume_at = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed),
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -162,7 +235,12 @@ def _images_in(root: str | None, key: str) -> list[Path]:
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FstError(f"{key}={root}: no such directory")
-    files = list_images(path)
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise FstError(f"{key}={root}: the folder cannot be read (permission denied)")
+    try:
+        files = list_images(path)
+    except OSError as exc:
+        raise FstError(f"{key}={root}: the folder cannot be read ({exc.strerror or exc})") from None
     if not files:
         raise FstError(f"{key}={root}: no images found (looked for .jpg/.jpeg/.png/... recursively)")
     return files

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from fst.errors import FstError
 from fst.nets.model_file import save_model
 from fst.resources import PACKAGE_DIR
 from fst.train.checkpoint import module_metadata
+from fst.train.reliability import first_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,18 @@ class ExportModel(pl.Callback):
         self._started = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run stopped by a signal is not finished: its rerun exports the model.
+        if any(getattr(c, "preempted", False) for c in trainer.callbacks):
+            return
+        self.export(trainer, pl_module)
+
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the model file (rank 0), after checking that every weight is finite."""
         if not trainer.is_global_zero:
             return
+        bad = first_non_finite(pl_module.net.state_dict().items())
+        if bad is not None:
+            raise FstError(f"not exporting {self.path}: weight {bad} is not finite at step {trainer.global_step}")
         meta = module_metadata(pl_module, trainer.global_step)
         meta["training"] = {
             **{k: _portable(v) for k, v in self.schedule.items()},

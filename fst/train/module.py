@@ -68,6 +68,8 @@ class StyleTransferModule(pl.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         photos = self._layout(batch)
         terms = self.loss(self._run_net(photos), photos)
+        # For NonFiniteGuard (fst.train.reliability): it names the term that went bad.
+        self.last_terms = {k: v.detach() for k, v in terms.items()}
         # Logged tensors stay on device: Lightning reduces them without a host sync per step.
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
         self.log("loss", terms["total"].detach(), prog_bar=True, logger=False)
