@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fst.loss.perceptual import StyleTargets, content_loss, gram_matrix, total_variation
@@ -78,3 +79,87 @@ def test_every_listed_style_layer_drives_training(compose_cfg) -> None:
     assert min(shares.values()) >= 0.05, shares
     raw = style_gradient_shares(loss, photo.unsqueeze(0), normalised=False)
     assert raw["relu4_3"] < 0.01, raw
+
+
+def test_perturb_noise_and_shift() -> None:
+    from fst.loss.perceptual import STABILITY_NOISE_STD, perturb, shift_image
+
+    photos = torch.rand(2, 3, 12, 10)
+    noisy = perturb(photos, torch.Generator().manual_seed(0), kind="noise")
+    again = perturb(photos, torch.Generator().manual_seed(0), kind="noise")
+    assert noisy.kind == "noise" and noisy.photos.shape == photos.shape
+    torch.testing.assert_close(noisy.photos, again.photos)  # the generator decides the noise
+    assert 0.0 <= noisy.photos.min() and noisy.photos.max() <= 1.0
+    assert (noisy.photos - photos).std() == pytest.approx(STABILITY_NOISE_STD, rel=0.15)
+    # a shift moves the pixels by one and repeats the uncovered edge
+    ramp = torch.arange(5.0).expand(1, 1, 3, 5)
+    torch.testing.assert_close(shift_image(ramp, 0, 1)[0, 0, 0], torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0]))
+    torch.testing.assert_close(shift_image(ramp, 0, -1)[0, 0, 0], torch.tensor([1.0, 2.0, 3.0, 4.0, 4.0]))
+    torch.testing.assert_close(shift_image(ramp.transpose(-1, -2), 1, 0), shift_image(ramp, 0, 1).transpose(-1, -2))
+    kinds = {perturb(photos, torch.Generator().manual_seed(seed)).kind for seed in range(20)}
+    assert kinds == {"noise", "shift"}  # drawn with even odds
+    directions = {(p.dy, p.dx) for p in (perturb(photos, torch.Generator().manual_seed(s), kind="shift")
+                                         for s in range(40))}
+    assert directions == {(0, 1), (0, -1), (1, 0), (-1, 0)}
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(photos, kind="blur")
+
+
+def test_stability_term_zero_for_stable_networks_and_one_for_passed_noise() -> None:
+    from fst.loss.perceptual import perturb, stability_term
+
+    photos = torch.rand(2, 3, 32, 32) * 0.8 + 0.1  # away from 0 and 1: the noise is not clipped
+    blur = torch.nn.Conv2d(3, 3, 3, padding=1, padding_mode="replicate", bias=False)
+    torch.nn.init.constant_(blur.weight, 1 / 27)
+    for seed in range(8):
+        shifted = perturb(photos, torch.Generator().manual_seed(seed), kind="shift")
+        # a convolution follows the pixel grid: its output moves with the photo, exactly
+        assert stability_term(blur(photos), blur(shifted.photos), shifted).item() == pytest.approx(0.0, abs=1e-10)
+        # a fixed pattern painted on every output does not
+        pattern = ((torch.arange(32)[:, None] + torch.arange(32)) % 2).float() * 0.1
+        assert stability_term(photos + pattern, shifted.photos + pattern, shifted).item() > 0.1
+    noisy = perturb(photos, torch.Generator().manual_seed(0), kind="noise")
+    # an identity network passes the noise through: the term is the noise's variance over its own, about 1
+    assert stability_term(photos, noisy.photos, noisy).item() == pytest.approx(1.0, rel=0.05)
+    assert stability_term(photos.clone(), photos).item() == 0.0
+    # gradients reach both outputs
+    a, b = photos.clone().requires_grad_(), noisy.photos.clone().requires_grad_()
+    stability_term(a, b, noisy).backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+def test_perceptual_loss_stability_weight_runs_the_net_on_a_perturbed_photo() -> None:
+    from fst.loss.perceptual import PerceptualLoss
+    from fst.nets import TransformerNet, TransformerNetConfig
+    from fst.resources import ASSETS_DIR
+
+    def tiny(stability_weight: float) -> PerceptualLoss:
+        return PerceptualLoss(ASSETS_DIR / "styles" / "the_wave.jpg", 64, content_layers=["relu2_2"],
+                              style_layers={"relu1_2": 1.0, "relu2_2": 1.0}, content_weight=1.0, style_weight=5.0,
+                              tv_weight=5.0, palette_weight=0.0, vgg_weights="caffe",
+                              stability_weight=stability_weight)
+
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerNetConfig(width=8))
+    photos = torch.rand(2, 3, 32, 32)
+    output = net(photos)
+    off = tiny(0.0)
+    assert "stability" not in off(output, photos)  # off: the terms (and logged keys) as before
+    assert off.config["stability_weight"] == 0.0
+    on = tiny(3.0)
+    assert on.config["stability_weight"] == 3.0
+    with pytest.raises(ValueError, match="needs the network"):
+        on(output, photos)
+    calls: list[torch.Tensor] = []
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch)
+        return net(batch)
+
+    terms = on(output, photos, net=run, generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 1 and calls[0].shape == photos.shape and not torch.equal(calls[0], photos)
+    assert terms["stability"] > 0
+    rest = terms["content"] + terms["style"] + terms["tv"] + terms["palette"]
+    torch.testing.assert_close(terms["total"], rest + terms["stability"])
+    terms["stability"].backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)

@@ -1,8 +1,10 @@
-"""fst-infer (``fst stylize``): stylize photos with a trained model.
+"""fst-infer (``fst stylize``): stylize photos and video clips with a trained model.
 
     fst-infer -m MODEL INPUT... [-o OUTDIR] [--size N] [--tile auto|N|off] ...
 
-Every good photo is written, every bad one is named on stderr and the rest carry on.
+Inputs with a video extension (see :mod:`fst.infer.video`) are stylized frame by frame
+into an MP4 (H.264, --codec/--crf), audio copied; photos are done first, then clips.
+Every good input is written, every bad one is named on stderr and the rest carry on.
 Exit status: 0 all written (or skipped on request), 1 some input failed, 2 usage
 error (bad option, unknown or unloadable model), each problem on one ``error:`` line.
 Existing files are never replaced without --overwrite, and an input is never written over.
@@ -24,6 +26,7 @@ import torch
 from fst.errors import ArgumentParser, EXIT_FAILED, EXIT_OK, FstError, UsageError, run_command
 from fst.images import OUTPUT_FORMATS, Photo, read_photo, write_photo
 from fst.infer.inputs import DEFAULT_TEMPLATE, Job, TEMPLATE_FIELDS, check_template, expand_inputs, output_path
+from fst.infer.video import CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_FRAME_BATCH, DEFAULT_VIDEO_EXT, ClipInfo, is_video
 
 if TYPE_CHECKING:
     from fst.infer.stylizer import Stylizer
@@ -69,10 +72,10 @@ def _tile_arg(value: str) -> int | str | None:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="fst-infer",
-        description="Stylize photos with a trained fast-style-transfer model.",
+        description="Stylize photos and video clips with a trained fast-style-transfer model.",
         epilog="Exit status: 0 all done, 1 some inputs failed (each named on stderr), 2 usage error.",
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image or video files, folders or glob patterns")
     p.add_argument("-m", "--model", help="model name (see --list-models) or a .safetensors/.onnx/.pth file")
     p.add_argument("-o", "--output-dir", default="stylized", type=Path, help="output folder (default: ./stylized)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders (layout is kept)")
@@ -80,7 +83,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: fp16 on CUDA, fp32 elsewhere")
-    p.add_argument("--batch", type=number(int, low=1), default=1, help="photos per forward pass (equal sizes only)")
+    p.add_argument("--batch", type=number(int, low=1),
+                   help=f"photos (equal sizes only) or video frames per forward pass "
+                        f"(default: 1 photo, {DEFAULT_FRAME_BATCH} frames)")
     p.add_argument("--tile", type=_tile_arg, default="auto",
                    help="tile edge in pixels for big images, 'off', or 'auto' (tiles above 4 MP; default)")
     p.add_argument("--overlap", type=number(int, low=0), default=128, help="tile overlap in pixels (default: 128)")
@@ -88,6 +93,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strength", type=number(float, 0.0, 1.0), default=1.0, help="0 = photo, 1 = full style (default)")
     p.add_argument("--format", choices=sorted(OUTPUT_FORMATS), help="output format (default: jpg, png with alpha)")
     p.add_argument("--quality", type=number(int, 1, 100), default=92, help="JPEG/WebP quality 1-100 (default: 92)")
+    p.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC,
+                   help=f"video codec of stylized clips (default: {DEFAULT_CODEC}, in MP4)")
+    p.add_argument("--crf", type=number(int, 0, 51), default=DEFAULT_CRF,
+                   help=f"video quality, 0 (lossless) to 51; lower is better and bigger (default: {DEFAULT_CRF})")
     p.add_argument("--name", default=DEFAULT_TEMPLATE,
                    help=f"output file name template, fields {{{'}, {'.join(TEMPLATE_FIELDS)}}} "
                         f"(default: {DEFAULT_TEMPLATE})")
@@ -128,6 +137,11 @@ class Runner:
         """The output path for ``job``, or None after reporting why it must not be written."""
         a = self.args
         ext = a.format or ("png" if photo.alpha is not None else "jpg")
+        return self.claim(job, ext)
+
+    def claim(self, job: Job, ext: str) -> Path | None:
+        """The output path for ``job`` with extension ``ext``, or None after reporting why not to write it."""
+        a = self.args
         dest = output_path(job, a.output_dir, a.name, style=self.stylizer.style, model=self.stylizer.name, ext=ext)
         key = dest.resolve()
         if key in self.inputs:
@@ -219,6 +233,50 @@ class Runner:
             self.run_batch(items)
             self.bar.update(len(items))
 
+    def run_videos(self, jobs: list[Job], frame_batch: int) -> None:
+        """Each clip streamed through the model into its own file, with a frames-per-second bar."""
+        from tqdm import tqdm
+
+        from fst.infer.video import stylize_video
+
+        a = self.args
+        for job in jobs:
+            dest = self.claim(job, DEFAULT_VIDEO_EXT)
+            if dest is None:
+                continue
+            bar = tqdm(unit="frame", desc=job.source.name, file=sys.stderr, dynamic_ncols=True, leave=False,
+                       disable=True if a.no_progress else None)
+
+            def started(info: ClipInfo, bar: Any = bar) -> None:
+                bar.total = info.frames or None
+                bar.refresh()
+
+            try:
+                result = stylize_video(
+                    self.stylizer, job.source, dest, size=a.size, codec=a.codec, crf=a.crf, batch_size=frame_batch,
+                    overwrite=a.overwrite, progress=bar.update, on_start=started,
+                    tile=a.tile, overlap=a.overlap, preserve_color=a.preserve_color, strength=a.strength,
+                )
+            except FstError as exc:
+                self.claimed.pop(dest.resolve(), None)
+                message = str(exc)
+                self.fail(message if message.startswith(str(job.source)) else f"{job.source}: {message}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: name the clip, go on
+                self.claimed.pop(dest.resolve(), None)
+                self.fail(f"{job.source}: stylization failed ({_first_line(exc)})")
+                continue
+            finally:
+                bar.close()
+            if result.padded != (0, 0):
+                self.bar.write(f"note: {job.source}: padded to {result.width}x{result.height} "
+                               f"(one pixel repeated: H.264 yuv420p needs even sides)", file=sys.stderr)
+            self.outcome.written += 1
+            if not a.quiet:
+                self.bar.write(f"{dest}  ({result.frames} frames, {float(result.fps):g} fps, "
+                               f"{result.width}x{result.height}, {result.wall_s:.1f} s, "
+                               f"{result.frames_per_s:.1f} frames/s)")
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
@@ -265,11 +323,16 @@ def _stylize_command(argv: list[str] | None) -> int:
     for message in expansion.failures:
         print(f"error: {message}", file=sys.stderr)
     inputs = {job.source.resolve() for job in expansion.jobs}
-    bar = tqdm(total=len(expansion.jobs), unit="photo", file=sys.stderr, disable=args.no_progress or None,
-               dynamic_ncols=True)
+    photos = [job for job in expansion.jobs if not is_video(job.source)]
+    clips = [job for job in expansion.jobs if is_video(job.source)]
+    frame_batch = args.batch or DEFAULT_FRAME_BATCH
+    args.batch = args.batch or 1
+    bar = tqdm(total=len(photos), unit="photo", file=sys.stderr,
+               disable=True if args.no_progress or (clips and not photos) else None, dynamic_ncols=True)
     runner = Runner(args, stylizer, inputs, bar)
     try:
-        runner.run(expansion.jobs)
+        runner.run(photos)
+        runner.run_videos(clips, frame_batch)
     finally:
         bar.close()  # before run_command reports an interruption
     out = runner.outcome

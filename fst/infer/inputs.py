@@ -1,7 +1,7 @@
 """What fst-infer reads and writes: expanding INPUT arguments, naming outputs.
 
 INPUT arguments may be files (any name: a file the user names explicitly is always
-tried), folders (their image files; ``recursive`` descends, keeping the subfolder
+tried), folders (their image and video files; ``recursive`` descends, keeping the subfolder
 layout under the output folder) and glob patterns. Missing files and patterns that
 match nothing are reported as failures, like unreadable images.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fst.images import IMAGE_EXTENSIONS, OUTPUT_FORMATS
+from fst.infer.video import VIDEO_EXTENSIONS, VIDEO_OUTPUT_FORMATS
 
 DEFAULT_TEMPLATE = "{stem}_{style}.{ext}"
 TEMPLATE_FIELDS = ("stem", "name", "style", "model", "ext")
@@ -21,7 +22,7 @@ TEMPLATE_FIELDS = ("stem", "name", "style", "model", "ext")
 
 @dataclass(frozen=True)
 class Job:
-    """One input photo and the subfolder (relative to the output folder) its result goes to."""
+    """One input photo or clip and the subfolder (relative to the output folder) its result goes to."""
 
     source: Path
     subdir: Path = Path()
@@ -68,7 +69,7 @@ def _folder_images(folder: Path, recursive: bool, exclude: Path | None, result: 
     for path in candidates:
         if not path.is_file() or path.name.startswith(".") or _is_inside(path, exclude):
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if path.suffix.lower() in IMAGE_EXTENSIONS or path.suffix.lower() in VIDEO_EXTENSIONS:
             images.append(path)
         else:
             result.skipped_non_images += 1
@@ -96,7 +97,7 @@ def expand_inputs(specs: list[str], recursive: bool = False, exclude: Path | Non
         if path.is_dir():
             images = _folder_images(path, recursive, _nested_output(path, exclude), result)
             if not images:
-                result.failures.append(f"{spec}: no image files in this folder" + ("" if recursive else " (try --recursive)"))
+                result.failures.append(f"{spec}: no image or video files in this folder" + ("" if recursive else " (try --recursive)"))
             for image in images:
                 add(image, image.parent.relative_to(path))
         elif path.is_file():
@@ -125,8 +126,9 @@ def check_template(template: str) -> None:
     if Path(sample).is_absolute() or ".." in Path(sample).parts:
         raise ValueError(f"--name must give a path inside the output folder, got {sample!r}")
     suffix = Path(sample).suffix.lower().lstrip(".")
-    if suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"--name gives extension .{suffix}; use one of {', '.join(sorted(OUTPUT_FORMATS))} or {{ext}}")
+    if suffix not in OUTPUT_FORMATS and suffix not in VIDEO_OUTPUT_FORMATS:
+        known = sorted(OUTPUT_FORMATS) + sorted(VIDEO_OUTPUT_FORMATS)
+        raise ValueError(f"--name gives extension .{suffix}; use one of {', '.join(known)} or {{ext}}")
 
 
 def render_name(template: str, source: Path, *, style: str, model: str, ext: str) -> str:

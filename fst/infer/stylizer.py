@@ -5,6 +5,7 @@
 >>> out = s(Image.open("photo.jpg"), size=1024)  # PIL in, PIL out (alpha kept)
 >>> batch_out = s(torch.rand(4, 3, 256, 256))    # tensors in [0, 1], (3,H,W) or (B,3,H,W)
 >>> fst.stylize("starry_night", "photo.jpg")     # one call: a path or PIL image in, RGB PIL out
+>>> s.stylize_video("clip.mp4", "clip_starry.mp4")  # streamed, audio copied (fst.infer.video)
 
 Large images are tiled automatically (see :mod:`fst.infer.tiling`); tiny ones are padded
 up to the network's minimum size and cropped back.
@@ -117,6 +118,13 @@ class Stylizer:
             alphas.append(pil_to_tensor(alpha) if alpha is not None else None)
         outs = self.stylize_many(rgbs, batch_size=batch_size, **options)
         return [tensor_to_pil(out, alpha) for out, alpha in zip(outs, alphas)]
+
+    def stylize_video(self, source: str | Path, dest: str | Path, **options: Any) -> Any:
+        """Stylize a clip into ``dest`` (MP4, H.264), streamed frame batch by batch; returns a
+        :class:`~fst.infer.video.VideoResult`. ``options``: see :func:`fst.infer.video.stylize_video`."""
+        from fst.infer.video import stylize_video
+
+        return stylize_video(self, source, dest, **options)
 
     def stylize_many(self, images: Sequence[torch.Tensor], batch_size: int = 4, **options: Any) -> list[torch.Tensor]:
         """Stylize (3, H, W) tensors, batching runs of equal-sized images; returns CPU tensors."""

@@ -12,7 +12,8 @@ proportion to its weight, and the same weights work for the Caffe and torchvisio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,85 @@ def sliced_palette_distance(output: torch.Tensor, target_sorted: torch.Tensor, d
     return (error / target_sorted.var(dim=0).clamp_min(1e-8)).mean()
 
 
+# The stability term's perturbations: Gaussian noise of this standard deviation (on photos
+# in [0, 1], about 5 levels of 255), or a shift by SHIFT_PIXELS in one of four directions.
+# A shifted output is compared without a border of SHIFT_MARGIN pixels beyond the shift,
+# where the repeated edge row or column and the network's own padding differ anyway.
+STABILITY_NOISE_STD = 0.02
+SHIFT_PIXELS = 1
+SHIFT_MARGIN = 4
+PERTURBATION_KINDS = ("noise", "shift")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A perturbed copy of a batch of photos and how to line its output up with the original's.
+
+    ``kind`` is ``noise`` (``photos`` plus Gaussian noise, already aligned) or ``shift``
+    (``photos`` moved by ``(dy, dx)`` pixels, the uncovered edge repeated; :meth:`align`
+    moves the output back and crops the shift plus ``margin`` pixels all round, so both
+    are compared on the overlap).
+    """
+
+    kind: str
+    photos: torch.Tensor
+    dy: int = 0
+    dx: int = 0
+    margin: int = SHIFT_MARGIN
+
+    def align(self, output: torch.Tensor, output_perturbed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, output_perturbed) cropped to the region where they should agree."""
+        if self.kind == "noise":
+            return output, output_perturbed
+        back = torch.roll(output_perturbed, shifts=(-self.dy, -self.dx), dims=(-2, -1))
+        m = max(abs(self.dy), abs(self.dx)) + self.margin
+        return output[..., m:-m, m:-m], back[..., m:-m, m:-m]
+
+
+def shift_image(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(B, C, H, W) moved down by ``dy`` and right by ``dx`` pixels, the uncovered edge repeated."""
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top:top + h, left:left + w]
+
+
+def perturb(photos: torch.Tensor, generator: torch.Generator | None = None, *, kind: str | None = None,
+            noise_std: float = STABILITY_NOISE_STD, shift: int = SHIFT_PIXELS) -> Perturbation:
+    """A perturbed copy of ``photos`` (B, 3, H, W) in [0, 1] for the stability term.
+
+    ``kind`` None draws noise or a shift with even odds from ``generator`` (a CPU
+    generator: the draw stays the same on every device); noise is drawn on the photos'
+    device, from ``generator`` only when it lives there too. Noisy photos are clamped to [0, 1].
+    """
+    if kind is None:
+        kind = PERTURBATION_KINDS[int(torch.randint(2, (1,), generator=generator).item())]
+    if kind == "noise":
+        same_device = generator is not None and generator.device == photos.device
+        noise = torch.randn(photos.shape, generator=generator if same_device else None, device=photos.device,
+                            dtype=photos.dtype)
+        return Perturbation("noise", (photos + noise_std * noise).clamp(0.0, 1.0))
+    if kind == "shift":
+        direction = int(torch.randint(4, (1,), generator=generator).item())
+        dy, dx = [(0, shift), (0, -shift), (shift, 0), (-shift, 0)][direction]
+        return Perturbation("shift", shift_image(photos, dy, dx), dy, dx)
+    raise ValueError(f"unknown perturbation {kind!r}: choose one of {', '.join(PERTURBATION_KINDS)}")
+
+
+def stability_term(output: torch.Tensor, output_perturbed: torch.Tensor, perturbation: Perturbation | None = None,
+                   noise_std: float = STABILITY_NOISE_STD) -> torch.Tensor:
+    """How much the network's output moved when its photo was perturbed (flicker, frame to frame).
+
+    The mean squared difference between ``output`` and ``output_perturbed`` (lined up
+    by ``perturbation`` when given: a shift is compared on the overlap), divided by
+    ``noise_std ** 2``: a network that passes the photo's noise through unchanged scores
+    about 1, one that ignores it 0. Gradients flow through both outputs.
+    """
+    if perturbation is not None:
+        output, output_perturbed = perturbation.align(output, output_perturbed)
+    return F.mse_loss(output.float(), output_perturbed.float()) / noise_std**2
+
+
 class PaletteTarget(nn.Module):
     """The painting's colours, projected on fixed random RGB directions and sorted, as buffers."""
 
@@ -122,7 +202,8 @@ class PerceptualLoss(nn.Module):
     """Weighted content + style + TV loss against a frozen VGG16.
 
     ``forward(output, content)`` returns a dict of detached-free loss terms:
-    ``total``, ``content``, ``style``, ``tv`` and ``style/<layer>`` (weighted).
+    ``total``, ``content``, ``style``, ``tv``, ``palette`` and ``style/<layer>`` (weighted),
+    plus ``stability`` when ``stability_weight`` > 0 (then ``forward`` needs ``net=``).
 
     Every argument is required: the values used for training live in
     ``configs/loss/*.yaml`` (instantiated by Hydra), nowhere else. :attr:`config` is
@@ -141,6 +222,7 @@ class PerceptualLoss(nn.Module):
         tv_weight: float,
         palette_weight: float,
         vgg_weights: str | VGGWeights,
+        stability_weight: float = 0.0,  # a default so that loss configs recorded before it existed rebuild
     ) -> None:
         super().__init__()
         self.content_layers = [str(layer) for layer in content_layers]
@@ -149,6 +231,7 @@ class PerceptualLoss(nn.Module):
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
         self.palette_weight = float(palette_weight)
+        self.stability_weight = float(stability_weight)
         self.style_size = None if style_size is None else int(style_size)
 
         # The painting first: a wrong path should not wait for the VGG16 weights.
@@ -190,10 +273,23 @@ class PerceptualLoss(nn.Module):
             "style_weight": self.style_weight,
             "tv_weight": self.tv_weight,
             "palette_weight": self.palette_weight,
+            "stability_weight": self.stability_weight,
             "vgg_weights": self.vgg_spec,
         }
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        output: torch.Tensor,
+        content: torch.Tensor,
+        net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The weighted terms for ``output`` = net(``content``).
+
+        With ``stability_weight`` > 0 the loss needs ``net`` (the transformation network,
+        or any callable running it) to stylize a perturbed copy of ``content`` (see
+        :func:`perturb`, drawn from ``generator``); the ``stability`` term is then added.
+        """
         out_features = self.vgg(output)
         with torch.no_grad():
             target_features = self.content_vgg(content)
@@ -210,4 +306,10 @@ class PerceptualLoss(nn.Module):
         terms["palette"] = (self.palette_weight * self.palette(output) if self.palette_weight
                             else output.new_zeros((), dtype=torch.float32))
         terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["palette"]
+        if self.stability_weight:
+            if net is None:
+                raise ValueError("stability_weight > 0 needs the network: call loss(output, photos, net=net)")
+            perturbation = perturb(content, generator)
+            terms["stability"] = self.stability_weight * stability_term(output, net(perturbation.photos), perturbation)
+            terms["total"] = terms["total"] + terms["stability"]
         return terms

@@ -37,6 +37,9 @@ Writes to --out (default quality/<style>/): report.md (means, verdict, per-photo
 summary.json (the same, with the command and the machine), losses.csv (one row per photo
 and method) and contact_sheet.png (photo | fst | peer | Gatys@... per photo, each image
 labelled with its measures), all written atomically.
+
+`fst quality --video CLIP... -m MODEL` measures flicker on video clips instead
+(fst/research/video_quality.py).
 """
 
 from __future__ import annotations
@@ -605,6 +608,11 @@ def summary_line(summary: dict[str, Any], goal_steps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if "--video" in rest:  # flicker measures on clips: fst/research/video_quality.py
+        from fst.research import video_quality
+
+        return video_quality.main([a for a in rest if a != "--video"])
     args = parse_args(argv)
     summary = run(args)
     print(summary_line(summary, args.goal_steps))
