@@ -273,3 +273,11 @@ def test_audio_the_output_cannot_hold_is_named(model, tmp_path, capsys) -> None:
     assert main([str(clip), "-m", str(model), "-o", str(out), "--no-progress", "--name", "{stem}.mov"]) == 0
     joined = [b"".join(data for data, _ in audio_packets(path)) for path in (out / "mulaw.mov", clip)]
     assert joined[0] == joined[1] and len(joined[0]) == 2400
+
+
+def test_expected_frames_for_the_progress_bar(clip) -> None:
+    from fst.infer.video import ClipInfo, expected_frames
+
+    assert expected_frames(probe(clip)) == FRAMES
+    assert expected_frames(ClipInfo(720, 405, Fraction(25), None, 7.6, 0)) == 190  # MPEG-1: no count recorded
+    assert expected_frames(ClipInfo(720, 405, Fraction(25), None, None, 0)) is None

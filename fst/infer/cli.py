@@ -26,7 +26,8 @@ import torch
 from fst.errors import ArgumentParser, EXIT_FAILED, EXIT_OK, FstError, UsageError, run_command
 from fst.images import OUTPUT_FORMATS, Photo, read_photo, write_photo
 from fst.infer.inputs import DEFAULT_TEMPLATE, Job, TEMPLATE_FIELDS, check_template, expand_inputs, output_path
-from fst.infer.video import CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_FRAME_BATCH, DEFAULT_VIDEO_EXT, ClipInfo, is_video
+from fst.infer.video import (CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_FRAME_BATCH, DEFAULT_VIDEO_EXT, ClipInfo,
+                             expected_frames, is_video)
 
 if TYPE_CHECKING:
     from fst.infer.stylizer import Stylizer
@@ -248,7 +249,7 @@ class Runner:
                        disable=True if a.no_progress else None)
 
             def started(info: ClipInfo, bar: Any = bar) -> None:
-                bar.total = info.frames or None
+                bar.total = expected_frames(info)
                 bar.refresh()
 
             try:

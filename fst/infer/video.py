@@ -123,13 +123,24 @@ def _fps(stream: Any) -> Fraction:
 def probe(path: str | Path) -> ClipInfo:
     """The size, frame rate, frame count and duration of a clip's first video stream."""
     with open_clip(path) as (container, stream):
-        duration = None
-        if stream.duration is not None and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        return ClipInfo(stream.codec_context.width, stream.codec_context.height, _fps(stream),
-                        stream.frames or None, duration, len(container.streams.audio))
+        return _info(container, stream)
+
+
+def _info(container: Any, stream: Any) -> ClipInfo:
+    duration = None
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000
+    return ClipInfo(stream.codec_context.width, stream.codec_context.height, _fps(stream),
+                    stream.frames or None, duration, len(container.streams.audio))
+
+
+def expected_frames(info: ClipInfo) -> int | None:
+    """The frame count the header records, else duration x frame rate (for a progress bar)."""
+    if info.frames:
+        return info.frames
+    return round(info.duration_s * info.fps) if info.duration_s else None
 
 
 def frame_size(width: int, height: int, size: int | None) -> tuple[int, int]:
@@ -206,8 +217,7 @@ def stylize_video(
     with open_clip(source) as (container, vin):
         vin.thread_type = "AUTO"
         ain = list(container.streams.audio)
-        info = ClipInfo(vin.codec_context.width, vin.codec_context.height, _fps(vin), vin.frames or None,
-                        None, len(ain))
+        info = _info(container, vin)
         if on_start is not None:
             on_start(info)
         width, height = frame_size(info.width, info.height, size)
@@ -219,8 +229,10 @@ def stylize_video(
                 try:
                     count = _transcode(av, stylizer, source, container, vin, encoder, width, height, pad,
                                        batch_size, progress, options)
-                finally:
-                    encoder.close()
+                except BaseException:
+                    encoder.close(quiet=True)  # the first error is the one to report
+                    raise
+                encoder.close()
                 if info.frames and count < info.frames:
                     raise FstError(f"{source}: truncated video: {count} of {info.frames} frames could be decoded")
                 if count == 0:
@@ -244,7 +256,6 @@ class _Encoder:
         except av.FFmpegError as exc:
             raise OSError(_reason(exc)) from None
         self.closed = False
-        self.started = False
         try:
             fps = _fps(vin)
             self.video = self.container.add_stream(codec, rate=fps)
@@ -267,8 +278,11 @@ class _Encoder:
                             for stream in [vin, *ain]}
             self.video_offset = self.offsets[vin.index]
         except av.FFmpegError as exc:
-            self.close()
+            self.close(quiet=True)
             raise FstError(f"cannot set up the output stream ({_reason(exc)})") from None
+        except BaseException:
+            self.close(quiet=True)
+            raise
 
     def _mux(self, packets: Any) -> None:
         try:
@@ -305,13 +319,15 @@ class _Encoder:
             raise FstError(f"encoding failed ({_reason(exc)})") from None
         self._mux(packets)
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """Write the trailer and close; ``quiet`` (after a failure) swallows errors doing so."""
         if not self.closed:
             self.closed = True
             try:
                 self.container.close()
-            except self.av.FFmpegError as exc:
-                raise OSError(_reason(exc)) from None
+            except (self.av.FFmpegError, OSError) as exc:
+                if not quiet:
+                    raise OSError(_reason(exc)) from None
 
 
 def container_start(container: Any) -> Fraction:
