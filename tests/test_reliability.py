@@ -157,6 +157,13 @@ def test_truncated_checkpoints_are_skipped_and_keep_last_n_bounds_disk(compose_c
     for key, value in reference.items():
         assert torch.equal(_net_state(Path(again["model_path"]))[key], value), key
     assert _step_of(ckpts / "last.ckpt") == 4
+    # Killed after the final checkpoint, before the export: the rerun exports without training.
+    (out / "finished.json").unlink()
+    (out / "model.safetensors").unlink()
+    exported = train(compose_cfg(overrides, output_dir=out))
+    assert exported["global_step"] == 4 and (out / "finished.json").is_file()
+    for key, value in reference.items():
+        assert torch.equal(_net_state(Path(exported["model_path"]))[key], value), key
 
 
 def test_changed_config_is_refused_unless_allowed_and_resume_auto(compose_cfg, photo_dir: Path, tmp_path: Path,
@@ -260,3 +267,29 @@ def test_cli_bad_input_is_one_line_exit_1_and_writes_nothing(photo_dir: Path, tm
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr and "too small" in errors[0], proc.stderr
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_non_finite_weights_are_never_written(compose_cfg, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from fst.train.callbacks import ExportModel
+    from fst.train.reliability import AtomicCheckpointIO
+
+    target = tmp_path / "checkpoints" / "step_000005.ckpt"
+    with pytest.raises(FstError, match=r"refusing to write checkpoint \S+ at step 5: state_dict\.net\.w is not finite"):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 5, "state_dict": {"net.w": torch.tensor([1.0, float("inf")])}},
+                                             target)
+    assert not target.exists() and not list(tmp_path.rglob("*.tmp"))
+
+    cfg = compose_cfg()
+    module = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    with torch.no_grad():
+        next(module.net.parameters())[0].fill_(float("nan"))
+
+    class Trainer:
+        is_global_zero, global_step = True, 7
+
+    export = ExportModel(str(tmp_path / "model.safetensors"))
+    with pytest.raises(FstError, match=r"not exporting \S+model\.safetensors: weight \S+ is not finite at step 7"):
+        export.export(Trainer(), module)
+    assert not (tmp_path / "model.safetensors").exists()

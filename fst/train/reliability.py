@@ -180,7 +180,8 @@ class NonFiniteGuard(pl.Callback):
         bad_term = first_non_finite(terms.items())
         if bad_term is not None:
             what = f"loss term '{bad_term}' is {_describe(terms[bad_term])}"
-        else:
+        elif getattr(trainer.precision_plugin, "scaler", None) is None:
+            # (With fp16's GradScaler, Inf gradients are its business: it skips those steps itself.)
             grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
             norms = [g.detach().float().norm() for _, g in grads]
             if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
