@@ -67,7 +67,7 @@ def test_wheel_stylizes_with_a_bundled_model(installed, tmp_path: Path) -> None:
     env_dir, env = installed
     photo = tmp_path / "photo.png"
     shutil.copy(ASSETS_DIR / "photos" / "val" / "skimage" / "chelsea.png", photo)
-    proc = _run(env, tmp_path, str(env_dir / "bin" / "fst-infer"), "-m", "starry_night_demo", "photo.png", "-o", "out",
+    proc = _run(env, tmp_path, str(env_dir / "bin" / "fst-infer"), "-m", "starry_night", "photo.png", "-o", "out",
                 "--size", "96", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     (written,) = (tmp_path / "out").glob("photo_*.jpg")
