@@ -12,6 +12,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,7 @@ def test_kill9_five_times_then_rerun_matches_uninterrupted_run(compose_cfg, phot
     command = [*common(photo_dir), f"callbacks.fault_injection.kill_at_steps=[{','.join(map(str, at_steps))}]",
                f"callbacks.fault_injection.kill_during_save_at_step={during_save}", f"hydra.run.dir={run_dir}"]
     note = f"random seed {seed}: kills at {at_steps}, during the save of step {during_save}"
+    print(note)
     resumed_from = []
     for kill in kills:
         proc = _cli(*command)
@@ -98,6 +100,30 @@ def test_kill9_five_times_then_rerun_matches_uninterrupted_run(compose_cfg, phot
     again = _cli(*command)
     assert again.returncode == 0 and "already finished at step 8" in again.stderr, again.stderr[-2000:]
     assert (run_dir / "model.safetensors").stat().st_mtime_ns == before
+
+    # kill -9 from outside, at a random moment after a random step's checkpoint appeared
+    # (possibly while the next one is being written), then the unchanged command again.
+    outside = tmp_path / "outside"
+    plain = [*common(photo_dir), f"hydra.run.dir={outside}"]
+    after_step, delay = rng.randint(2, STEPS - 2), rng.uniform(0.0, 0.5)
+    proc = subprocess.Popen([sys.executable, "-m", "fst.train", *plain], cwd=ROOT_DIR, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        marker = outside / "checkpoints" / f"step_{after_step:06d}.ckpt"
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9, f"{note}: the run ended before the kill ({proc.returncode})"
+    rerun = _cli(*plain)
+    assert rerun.returncode == 0, (note, rerun.stderr[-3000:])
+    found = re.search(r"resuming from \S+ \(step (\d+)\)", rerun.stderr)
+    assert found and after_step <= int(found.group(1)) < STEPS, (note, after_step, delay, rerun.stderr[-2000:])
+    for key, value in clean_net.items():
+        assert torch.equal(_net_state(outside / "model.safetensors")[key], value), (note, key)
 
 
 def test_sigterm_saves_at_the_step_boundary_and_exits_0(photo_dir: Path, tmp_path: Path) -> None:

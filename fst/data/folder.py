@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -30,15 +30,21 @@ class EpochShuffleSampler(Sampler[int]):
     global RNG state, so resuming from a checkpoint replays the same batches.
     Lightning calls ``set_epoch`` on samplers that have it.
 
-    A resumed run sets ``resume_at = (epoch, samples)``: the first iteration over that
-    epoch leaves out the samples the interrupted run had already trained on.
+    With ``step_fn`` (the trainer's global step) and ``batch_size``, the data position is
+    a function of the step alone: the iterator made when ``step_fn()`` steps are done
+    starts at epoch ``step // batches_per_epoch``, at that step's batch, and runs to the
+    end of that epoch. A run resumed at any step (mid-epoch included) then trains on
+    exactly the batches an uninterrupted one would, whatever epoch count the loop keeps.
     """
 
-    def __init__(self, size: int, seed: int = 0) -> None:
+    def __init__(self, size: int, seed: int = 0, batch_size: int | None = None, drop_last: bool = True,
+                 step_fn: Callable[[], int] | None = None) -> None:
         self.size = size
         self.seed = seed
         self.epoch = 0
-        self.resume_at: tuple[int, int] | None = None
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.step_fn = step_fn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -46,15 +52,19 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
+    def position(self) -> tuple[int, int]:
+        """(epoch, samples of it to leave out) for the next iterator."""
+        if self.step_fn is None or not self.batch_size:
+            return self.epoch, 0
+        per_epoch = self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+        epoch, batch = divmod(int(self.step_fn()), max(1, per_epoch))
+        return epoch, batch * self.batch_size
+
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        offset = self.epoch * self.size
-        order = torch.randperm(self.size, generator=generator).tolist()
-        if self.resume_at is not None:
-            epoch, done = self.resume_at
-            self.resume_at = None
-            if epoch == self.epoch and 0 < done < self.size:
-                order = order[done:]
+        epoch, skip = self.position()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        offset = epoch * self.size
+        order = torch.randperm(self.size, generator=generator).tolist()[skip:]
         return iter((offset + i for i in order))
 
 
@@ -105,8 +115,8 @@ class FolderDataModule(pl.LightningDataModule):
     """Every image under ``root`` (recursive) for training; validation photos come from
     ``val_root`` or, without one, a fixed held-out slice of ``val_count`` photos.
 
-    Checkpoints carry the data position (epoch and batches done, :meth:`state_dict`): on
-    one device a resumed run trains on exactly the batches an uninterrupted one would.
+    On one device the data position follows the global step (:class:`EpochShuffleSampler`):
+    a resumed run trains on exactly the batches an uninterrupted one would.
     """
 
     resumes_mid_epoch = True
@@ -139,23 +149,10 @@ class FolderDataModule(pl.LightningDataModule):
         self.val_files: list[Path] = []
         # Photos that could not be decoded: found at setup or while training (skipped, counted).
         self.unreadable: set[Path] = set()
-        self._resume_at: tuple[int, int] | None = None
 
     @property
     def unreadable_files(self) -> int:
         return len(self.unreadable)
-
-    def state_dict(self) -> dict[str, int]:
-        """The data position, saved in checkpoints: the epoch and the batches of it already trained on."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": int(trainer.current_epoch), "batches": int(done)}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if "epoch" in state_dict:
-            self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_files:
@@ -204,13 +201,12 @@ class FolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = ImageFolderDataset(self.train_files, TrainTransform(self.image_size, self.crop_scale), self.seed,
                                      bad=self.unreadable)
-        sampler = EpochShuffleSampler(len(dataset), self.seed)
+        drop_last = len(dataset) >= self.batch_size
         trainer = getattr(self, "trainer", None)
-        if self._resume_at is not None and (trainer is None or trainer.world_size == 1):
-            # Under DDP Lightning wraps the sampler; there a mid-epoch resume restarts the epoch's order.
-            epoch, batches = self._resume_at
-            sampler.resume_at = (epoch, batches * self.batch_size)
-        self._resume_at = None
+        # The position follows the global step on one device. Under DDP Lightning wraps the
+        # sampler (and calls set_epoch): there a mid-epoch resume restarts that epoch's order.
+        step_fn = (lambda: trainer.global_step) if trainer is not None and trainer.world_size == 1 else None
+        sampler = EpochShuffleSampler(len(dataset), self.seed, self.batch_size, drop_last, step_fn)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -218,7 +214,7 @@ class FolderDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            drop_last=len(dataset) >= self.batch_size,
+            drop_last=drop_last,
         )
 
     def val_dataloader(self) -> DataLoader:
