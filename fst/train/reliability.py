@@ -176,17 +176,20 @@ class NonFiniteGuard(pl.Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         terms = getattr(pl_module, "last_terms", None) or {}
+        # (With fp16's GradScaler, Inf gradients are its business: it skips those steps itself.)
+        check_grads = getattr(trainer.precision_plugin, "scaler", None) is None
+        grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None] if check_grads else []
+        # One device-to-host sync per step: all terms and gradient norms checked at once.
+        parts = [v.detach().float().reshape(-1) for v in terms.values()
+                 if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        parts += [g.detach().float().norm().reshape(1) for _, g in grads]
         what = None
-        bad_term = first_non_finite(terms.items())
-        if bad_term is not None:
-            what = f"loss term '{bad_term}' is {_describe(terms[bad_term])}"
-        elif getattr(trainer.precision_plugin, "scaler", None) is None:
-            # (With fp16's GradScaler, Inf gradients are its business: it skips those steps itself.)
-            grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-            norms = [g.detach().float().norm() for _, g in grads]
-            if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
-                name = first_non_finite(grads)
-                what = f"gradient of {name} is not finite"
+        if parts and not bool(torch.isfinite(torch.cat(parts)).all()):
+            bad_term = first_non_finite(terms.items())
+            if bad_term is not None:
+                what = f"loss term '{bad_term}' is {_describe(terms[bad_term])}"
+            else:
+                what = f"gradient of {first_non_finite(grads) or 'the network (norm overflow)'} is not finite"
         bad = trainer.strategy.reduce_boolean_decision(what is not None, all=False)
         if not bad:
             return
