@@ -89,8 +89,10 @@ def fsync_dir(path: Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file, synced, then renamed over the old one.
 
-    Lightning's own writer goes through an fsspec transaction (also a rename) but neither
-    syncs the file nor tells a full disk from other errors; this one does both, and refuses
+    Lightning's own writer goes through an fsspec transaction whose temporary file lives in
+    the system temp folder (moved into place: a copy, not a rename, across filesystems),
+    and neither syncs the file nor tells a full disk from other errors; this one writes
+    beside the target, syncs, names a full disk, and refuses
     to write non-finite weights. ``fault_hook`` (tests only, set by
     :class:`fst.train.faults.FaultInjection`) is called with the step and path once half of the
     bytes are written.
