@@ -186,3 +186,10 @@ def test_cli_new_style_end_to_end(tmp_path: Path, photo_dir: Path) -> None:
     assert f"model: {run_dir / 'model.safetensors'}" in proc.stdout
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert read_metadata(run_dir / "model.safetensors")["style_name"] == "mine"
+
+
+def test_stability_term_trains_and_is_logged(compose_cfg, photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stable"
+    result = train(compose_cfg([f"data.root={photo_dir}", "loss.stability_weight=1.0"], output_dir=out))
+    assert result["metrics"]["train/stability"] > 0.0
+    assert result["metrics"]["train/total"] > result["metrics"]["train/stability"]

@@ -67,7 +67,7 @@ class StyleTransferModule(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         photos = self._layout(batch)
-        terms = self.loss(self._run_net(photos), photos)
+        terms = self.loss(self._run_net(photos), photos, net=self._run_net)  # net: for the stability term
         # For NonFiniteGuard (fst.train.reliability): it names the term that went bad.
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         # Logged tensors stay on device: Lightning reduces them without a host sync per step.
@@ -78,7 +78,7 @@ class StyleTransferModule(pl.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         photos = self._layout(batch)
         stylized = self.net(photos)
-        terms = self.loss(stylized, photos)
+        terms = self.loss(stylized, photos, net=self.net)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._log_grid(photos, stylized)
