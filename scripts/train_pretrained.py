@@ -3,7 +3,7 @@
     python scripts/train_pretrained.py [--experiment quick] [--styles ...] [--overwrite] [overrides...]
 
 Each style trains with ``python -m fst.train style=<style> experiment=<experiment>`` into
-outputs/pretrained/<style>; its model.safetensors (which records the schedule that made
+outputs/pretrained/<style>/<time>; its model.safetensors (which records the schedule that made
 it) is copied to fst/checkpoints/<style>.safetensors, never over an existing file unless
 --overwrite, and one JSON line per style gives the wall time for the README.
 """
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     failed = []
     for style in args.styles:
-        run_dir = args.out / style
+        # A fresh folder each time: a finished run in the same folder would only be resumed.
+        run_dir = args.out / style / time.strftime("%Y-%m-%d_%H-%M-%S")
         target = BUNDLED_MODELS_DIR / f"{style}.safetensors"
         if target.exists() and not args.overwrite:
             print(f"{style}: {target} exists (--overwrite replaces it)", flush=True)
