@@ -21,7 +21,7 @@ import fst.loss.weights as W
 from fst.loss.weights import (CAFFE_STATE_SHA256, EXPECTED_SHAPES, VGGWeightsUnavailable, cache_dir,
                          describe, load_vgg16_weights, state_dict_sha256)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OPTIONS = ("loss.vgg.weights=caffe", "torchvision", "/path/to/state_dict")
 
 

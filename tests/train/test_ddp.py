@@ -17,7 +17,7 @@ from fst.data.coco import ShardStream, expand_shards
 from fst.data.shards import ShardSettings, build_shards
 from fst.nets.model_file import load_model
 
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
+ROOT_DIR = Path(__file__).resolve().parents[2]  # the checkout (scripts/, cwd of subprocesses)
 
 STEPS = 4
 BATCH = 2

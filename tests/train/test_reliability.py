@@ -25,7 +25,7 @@ from fst.resources import ASSETS_DIR
 from fst.train.resume import find_resume_checkpoint, load_checkpoint_if_sound
 from fst.train.run import train
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
+ROOT_DIR = Path(__file__).resolve().parents[2]
 STEPS = 8
 
 

@@ -14,7 +14,7 @@ import torch
 
 from fst.loss.weights import VGGWeights, load_vgg16_weights
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import baseline_fast_neural_style as baseline  # noqa: E402

@@ -13,7 +13,7 @@ from fst.loss.vgg import VGG16_LAYER_NAMES, VGG16Features
 from fst.loss.weights import CAFFE_MEAN_BGR, EXPECTED_SHAPES, VGGWeights, caffe_onnx_path, load_vgg16_weights
 from fst.resources import ASSETS_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTO_NAME = "000000005802.jpg"  # a COCO photo shipped in the repo
 SIZE = 240  # the ONNX reference graph has a fixed 240x240 NHWC input
 

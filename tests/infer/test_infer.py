@@ -19,7 +19,7 @@ from fst.images import decode_image, open_rgb, pil_to_tensor, read_photo, write_
 from fst.infer.cli import main
 from fst.resources import BUNDLED_MODELS_DIR
 
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
+ROOT_DIR = Path(__file__).resolve().parents[2]  # the checkout (scripts/, cwd of subprocesses)
 
 
 # Tiny nets: extra OpenMP threads only add contention on a shared CI box.

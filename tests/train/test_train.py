@@ -19,7 +19,7 @@ from fst.resources import ASSETS_DIR
 from fst.train.module import FROZEN_PREFIXES, StyleTransferModule
 from fst.train.run import train
 
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
+ROOT_DIR = Path(__file__).resolve().parents[2]  # the checkout (scripts/, cwd of subprocesses)
 
 
 def test_overfits_one_fixed_batch(compose_cfg, photo_dir: Path) -> None:

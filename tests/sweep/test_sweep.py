@@ -32,7 +32,7 @@ from fst.sweep.job import multirun_device_problem, override_key, override_value
 from fst.sweep.report import CONTACT_SHEET_NAME, CSV_NAME, MARKDOWN_NAME, build_report
 from fst.sweep.report import main as report_main
 
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout (scripts/, cwd of subprocesses)
+ROOT_DIR = Path(__file__).resolve().parents[2]  # the checkout (scripts/, cwd of subprocesses)
 
 SHEET_SIZE = 192  # BuildSweepReport's default stylizing size (configs/hydra/default.yaml)
 # lr 1e-2 so that two steps move the tiny networks far enough apart to tell cells apart
