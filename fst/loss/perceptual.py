@@ -222,7 +222,7 @@ class PerceptualLoss(nn.Module):
         tv_weight: float,
         palette_weight: float,
         vgg_weights: str | VGGWeights,
-        stability_weight: float = 0.0,  # a default so that loss configs recorded before it existed rebuild
+        stability_weight: float,
     ) -> None:
         super().__init__()
         self.content_layers = [str(layer) for layer in content_layers]
