@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,12 @@ import torch.nn.functional as F
 from fst.errors import FstError
 from fst.fsutil import atomic_path
 
-if TYPE_CHECKING:
-    from fst.infer.stylizer import Stylizer
+
+class FrameStylizer(Protocol):
+    """What a clip needs of a :class:`~fst.infer.stylizer.Stylizer`: batches of frames in, out."""
+
+    def stylize_batch(self, batch: torch.Tensor, **options: Any) -> torch.Tensor: ...
+
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv")
 # output extension -> FFmpeg muxer
@@ -184,7 +188,7 @@ def _to_frame(av: Any, image: torch.Tensor) -> Any:
 
 
 def stylize_video(
-    stylizer: Stylizer,
+    stylizer: FrameStylizer,
     source: str | Path,
     dest: str | Path,
     *,
@@ -336,7 +340,7 @@ def container_start(container: Any) -> Fraction:
     return Fraction(start, 1_000_000) if start is not None and start > 0 else Fraction(0)
 
 
-def _transcode(av: Any, stylizer: Stylizer, source: Path, container: Any, vin: Any, encoder: _Encoder,
+def _transcode(av: Any, stylizer: FrameStylizer, source: Path, container: Any, vin: Any, encoder: _Encoder,
                width: int, height: int, pad: tuple[int, int], batch_size: int,
                progress: Callable[[int], None] | None, options: dict[str, Any]) -> int:
     frames: list[torch.Tensor] = []
