@@ -1,7 +1,9 @@
-"""Lightning callbacks: end-of-run export of the model file, and the expected training time."""
+"""Lightning callbacks: end-of-run export of the model file, the expected training time, and a
+progress file with a preview image for whoever watches a run (``fst app``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -13,6 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from fst.errors import FstError
+from fst.fsutil import atomic_path, atomic_write_text
 from fst.nets.model_file import save_model
 from fst.resources import PACKAGE_DIR
 from fst.train.checkpoint import module_metadata
@@ -109,3 +112,75 @@ class TrainingTimeEstimate(pl.Callback):
         left = max(0, trainer.max_steps - step) * self.seconds_per_step
         print(f"expected: {trainer.max_steps} steps at {self.seconds_per_step:.2f} s/step, "
               f"about {left / 60:.1f} min left", file=sys.stderr, flush=True)
+
+
+class ProgressFile(pl.Callback):
+    """Keeps ``progress.json`` and ``preview.png`` in the run folder up to date (rank 0, atomic writes).
+
+    ``progress.json``: step, max_steps, the last training loss, the last validation loss,
+    seconds since the start and per step; written every ``every_n_steps`` steps and at
+    the first and last. ``preview.png``: the first validation photos above their stylized
+    versions, at each validation. A watcher reads them without touching the training.
+    """
+
+    PROGRESS_FILE = "progress.json"
+    PREVIEW_FILE = "preview.png"
+
+    def __init__(self, dirpath: str, every_n_steps: int = 10) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = max(1, int(every_n_steps))
+        self._started: float | None = None
+        self._start_step = 0
+        self._loss: float | None = None
+        self._val_loss: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started, self._start_step = time.perf_counter(), trainer.global_step
+        self._write(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps and step != 1 and step < trainer.max_steps:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss = float(loss)
+        self._write(trainer)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx or dataloader_idx or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        import torch
+        from torchvision.utils import make_grid
+
+        from fst.images import tensor_to_pil
+
+        with torch.no_grad():
+            # A multi-style module previews every style (fst.train.multistyle), one row each.
+            preview = getattr(pl_module, "preview", None)
+            stylized = (preview(batch) if callable(preview) else pl_module.net(batch)).clamp(0, 1)
+        grid = make_grid(torch.cat([batch, stylized]).float().cpu(), nrow=batch.shape[0], padding=2)
+        with atomic_path(self.dirpath / self.PREVIEW_FILE) as tmp:
+            tensor_to_pil(grid).save(tmp, format="PNG")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get("val/total")
+        if value is not None:
+            self._val_loss = float(value)
+        self._write(trainer)
+
+    def _write(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
+        done = step - self._start_step
+        atomic_write_text(self.dirpath / self.PROGRESS_FILE, json.dumps({
+            "step": step, "max_steps": int(trainer.max_steps), "loss": self._loss, "val_loss": self._val_loss,
+            "elapsed_s": round(elapsed, 1), "s_per_step": round(elapsed / done, 3) if done > 0 else None,
+            "time": time.time(),
+        }) + "\n")
