@@ -25,7 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("fst.loss.weights:main", "fetch and cache the VGG16 loss-network weights ahead of time"),
     "shards": ("fst.data.shards:main", "pack a photo folder or zip into webdataset shards"),
     "sweep-report": ("fst.sweep.report:main", "rebuild the contact sheet and table of a finished sweep"),
+    "add-style": ("fst.train.add_style:main", "train one more style into a multi-style model, the others untouched"),
     "quality": ("fst.research.quality:main", "measure a model (colour, contrast, structure, blobs, loss) beside a peer and Gatys"),
+    "app": ("fst.app.cli:main", "serve a web page to stylize photos and clips and train new styles (needs fst[app])"),
 }
 
 
