@@ -223,6 +223,7 @@ class PerceptualLoss(nn.Module):
         palette_weight: float,
         vgg_weights: str | VGGWeights,
         stability_weight: float,
+        adversarial_weight: float,
     ) -> None:
         super().__init__()
         self.content_layers = [str(layer) for layer in content_layers]
@@ -232,6 +233,9 @@ class PerceptualLoss(nn.Module):
         self.tv_weight = float(tv_weight)
         self.palette_weight = float(palette_weight)
         self.stability_weight = float(stability_weight)
+        # Recorded here, applied by fst.train.module: the term needs the discriminator, which
+        # trains beside the network (forward never adds it; a model file's loss is the rest).
+        self.adversarial_weight = float(adversarial_weight)
         self.style_size = None if style_size is None else int(style_size)
 
         # The painting first: a wrong path should not wait for the VGG16 weights.
@@ -274,6 +278,7 @@ class PerceptualLoss(nn.Module):
             "tv_weight": self.tv_weight,
             "palette_weight": self.palette_weight,
             "stability_weight": self.stability_weight,
+            "adversarial_weight": self.adversarial_weight,
             "vgg_weights": self.vgg_spec,
         }
 

@@ -137,7 +137,7 @@ def test_perceptual_loss_stability_weight_runs_the_net_on_a_perturbed_photo() ->
         return PerceptualLoss(ASSETS_DIR / "styles" / "the_wave.jpg", 64, content_layers=["relu2_2"],
                               style_layers={"relu1_2": 1.0, "relu2_2": 1.0}, content_weight=1.0, style_weight=5.0,
                               tv_weight=5.0, palette_weight=0.0, vgg_weights="caffe",
-                              stability_weight=stability_weight)
+                              stability_weight=stability_weight, adversarial_weight=0.0)
 
     torch.manual_seed(0)
     net = TransformerNet(TransformerNetConfig(width=8))
