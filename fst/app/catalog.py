@@ -23,7 +23,7 @@ from fst.nets.model_file import read_metadata
 from fst.resources import BUNDLED_MODELS_DIR, STYLES_DIR, VAL_PHOTOS_DIR
 
 from fst.app.store import AppData
-from fst.app.stylizing import ModelCache
+from fst.app.stylizing import ModelCache, style_names
 
 SAMPLE_SIDE = 384
 THUMB_SIDE = 512
@@ -82,6 +82,9 @@ class ModelCard:
             rows.append(("last losses", ", ".join(f"{k} {v:.3f}" for k, v in losses.items() if v is not None)))
         else:
             rows.append(("last losses", "not recorded"))
+        styles = self.metadata.get("styles")
+        if isinstance(styles, list) and styles:
+            rows.append(("styles", ", ".join(map(str, styles))))
         arch = self.metadata.get("architecture") or {}
         if arch:
             rows.append(("network", f"width {arch.get('width')}, {arch.get('num_residual')} residual blocks"))
@@ -152,7 +155,9 @@ def sample_output(card: ModelCard, data: AppData, models: ModelCache) -> tuple[P
     dest = data.samples / f"{card.name}-sample-{_key(card.path)}.jpg"
     if not dest.is_file():
         stylizer = models.get(card.name)
-        out = stylizer(open_rgb(photo_dest))
+        styles = style_names(stylizer)
+        # A multi-style model needs a choice: its first style stands for it.
+        out = stylizer(open_rgb(photo_dest), **({"style": styles[0]} if styles else {}))
         with atomic_path(dest) as tmp:
             out.convert("RGB").save(tmp, format="JPEG", quality=90)
     return photo_dest, dest

@@ -77,6 +77,8 @@ def run(record_path: Path) -> int:
         child.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       cwd=run_dir))
         code = _wait(child[0], cancel)
+        if cancel.requested_at is not None:
+            log.write(b"cancelled: the app stopped this training\n")
 
     record = read_json(record_path) or record
     record["ended"] = time.time()

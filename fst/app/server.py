@@ -87,7 +87,7 @@ def progress_html(status: TrainingStatus) -> str:
             parts.append(f"validation loss {progress['val_loss']:.3f}")
         if status.active and progress.get("s_per_step"):
             left = max(0, max_steps - step) * progress["s_per_step"]
-            parts.append(f"{progress['s_per_step']:.2f} s/step, about {left / 60:.1f} min left")
+            parts.append(f"{progress['s_per_step']:.2f} s/step, about {_duration(left)} left")
     else:
         bar = '<progress max="1"></progress>' if status.active else ""
         if status.active:
@@ -100,9 +100,13 @@ def progress_html(status: TrainingStatus) -> str:
             f"<div>{' · '.join(parts)}</div></div>")
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def card_markdown(card: ModelCard) -> str:
-    rows = "\n".join(f"| {label} | {html.escape(value)} |" for label, value in card.facts())
-    return f"### {card.name}\n\n| | |\n|---|---|\n{rows}"
+    rows = "\n".join(f"- **{label}**: {html.escape(value)}" for label, value in card.facts())
+    return f"### {card.name}\n\n{rows}"
 
 
 def cards_table(cards: list[ModelCard]) -> str:
@@ -248,10 +252,12 @@ def build(config: AppConfig) -> gr.Blocks:
                         webcam = gr.Image(label="Or take a photo with the webcam", sources=["webcam"],
                                           type="filepath", height=220, elem_id="stylize-webcam")
                     with gr.Column(scale=2):
-                        model = gr.Dropdown(choices=names, value=first, label="Model", elem_id="stylize-model")
+                        # Custom values: the list grows while the page is open (trained models); names are checked.
+                        model = gr.Dropdown(choices=names, value=first, label="Model", allow_custom_value=True,
+                                            elem_id="stylize-model")
                         model_info = gr.Markdown(elem_id="stylize-model-info")
                         with gr.Accordion("Style blend", visible=False) as blend_box:
-                            sliders = [gr.Slider(0.0, 1.0, value=0.0, step=0.05, visible=False,
+                            sliders = [gr.Slider(0.0, 1.0, value=0.0, step=0.05, visible=False, label=f"style {i + 1}",
                                                  elem_id=f"stylize-blend-{i}") for i in range(MAX_BLEND_SLIDERS)]
                         strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength",
                                              info="0: the photo, 1: the full style", elem_id="stylize-strength")
@@ -293,7 +299,8 @@ def build(config: AppConfig) -> gr.Blocks:
                             "`fst-infer -m NAME` find it.")
             with gr.Tab("Models", id="models"):
                 with gr.Row():
-                    pick = gr.Dropdown(choices=names, value=first, label="Model", elem_id="models-pick", scale=4)
+                    pick = gr.Dropdown(choices=names, value=first, label="Model", allow_custom_value=True,
+                                       elem_id="models-pick", scale=4)
                     refresh = gr.Button("Refresh", scale=1, elem_id="models-refresh")
                 with gr.Row():
                     style_image = gr.Image(label="Style image", interactive=False, height=300,

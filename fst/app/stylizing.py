@@ -22,7 +22,7 @@ from PIL import Image
 from fst.errors import FstError
 from fst.fsutil import atomic_path
 from fst.images import DecodedImage, decode_image
-from fst.infer.backends import resolve_model
+from fst.infer.backends import available_models
 from fst.infer.stylizer import Stylizer
 from fst.infer.video import expected_frames, is_video, probe
 
@@ -88,7 +88,10 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Stylizer:
-        path = resolve_model(name)
+        """The model called ``name`` in the model folders (never a path: the page names models only)."""
+        path = available_models().get(name)
+        if path is None:
+            raise FstError(f"unknown model {name!r}: choose one of {', '.join(sorted(available_models())) or 'none'}")
         key = (str(path), path.stat().st_mtime_ns)
         with self._lock:
             cached = self._models.get(name)

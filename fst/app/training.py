@@ -109,6 +109,7 @@ class TrainingManager:
         self.schedules = dict(schedules or SCHEDULES)
         self._children: dict[str, subprocess.Popen] = {}
         self._cancelled_at: dict[str, float] = {}
+        self._exited: set[str] = set()  # runners this app started and reaped
         self._lock = threading.Lock()
         self._file_lock = FileLock(str(data.jobs / ".lock"))
 
@@ -138,6 +139,8 @@ class TrainingManager:
         child = self._children.get(record["id"])
         if child is not None:
             return child.poll() is None
+        if record["id"] in self._exited:
+            return False
         if record.get("pid"):
             return pid_alive(record["pid"])
         # Written by an app that stopped before its runner wrote a pid: give it time to.
@@ -146,6 +149,10 @@ class TrainingManager:
     def reconcile(self) -> None:
         """Close the records of runners that are gone without a final word; kill cancelled ones that linger."""
         with self._lock:
+            for job_id, child in list(self._children.items()):
+                if child.poll() is not None:  # reaped: no zombie runners in a long-lived app
+                    self._children.pop(job_id)
+                    self._exited.add(job_id)
             for record in self.records():
                 if record.get("state") not in ACTIVE_STATES:
                     continue
@@ -161,7 +168,6 @@ class TrainingManager:
                                  error=None if cancelled is not None else
                                  f"the training process ended without a word; see {Path(fresh['run_dir']) / LOG_FILE}")
                     write_record(self.record_path(job_id), fresh)
-                self._children.pop(job_id, None)
 
     def active(self) -> dict[str, Any] | None:
         """The record of the training running now, if any."""
