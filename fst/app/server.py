@@ -249,8 +249,9 @@ def build(config: AppConfig) -> gr.Blocks:
                     with gr.Column(scale=3):
                         files = gr.File(label="Photos or clips (several at once; drop them here)",
                                         file_count="multiple", elem_id="stylize-input")
-                        webcam = gr.Image(label="Or take a photo with the webcam", sources=["webcam"],
-                                          type="filepath", height=220, elem_id="stylize-webcam")
+                        with gr.Accordion("Or take a photo with the webcam", open=False):
+                            webcam = gr.Image(label="Webcam", sources=["webcam"], type="filepath", height=260,
+                                              elem_id="stylize-webcam")
                     with gr.Column(scale=2):
                         # Custom values: the list grows while the page is open (trained models); names are checked.
                         model = gr.Dropdown(choices=names, value=first, label="Model", allow_custom_value=True,
@@ -266,7 +267,7 @@ def build(config: AppConfig) -> gr.Blocks:
                                            elem_id="stylize-size")
                         run = gr.Button("Stylize", variant="primary", elem_id="stylize-run")
                 stylize_status = gr.Markdown(elem_id="stylize-status")
-                gallery = gr.Gallery(label="Input and result, side by side", columns=2, height="auto",
+                gallery = gr.Gallery(label="Input and result, side by side", columns=4, height="auto",
                                      object_fit="contain", elem_id="stylize-gallery")
                 clip = gr.Video(label="Stylized clip", visible=False, elem_id="stylize-clip")
                 with gr.Row():

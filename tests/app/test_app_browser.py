@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _app_helpers import multi_style_model
+
 TRAIN_TIMEOUT_MS = 240_000
 PAGE_TIMEOUT_MS = 60_000
 
@@ -132,3 +134,41 @@ def test_twenty_stylize_requests_at_once(app_server: Any, app_inputs: dict[str, 
         assert Image.open(path).size == (128, 85)
     written = list((app_server.data / "results").glob("*/coffee_udnie.jpg"))
     assert len(written) == 20  # each request wrote its own result folder
+
+
+def test_blend_the_styles_of_a_multi_style_model(browser: Any, app_server: Any, app_inputs: dict[str, Path]) -> None:
+    multi_style_model(app_server.models / "trio.safetensors", ["alpha", "beta", "gamma"])
+    page = open_page(browser, app_server.url)
+    assert not page.locator("#stylize-blend-0").is_visible()  # a single-style model: no blend box
+    page.locator("#stylize-input input[type=file]").set_input_files(str(app_inputs["photo"]))
+    choose(page, "#stylize-model", "trio")
+    page.locator("#stylize-blend-2").wait_for()
+    labels = [page.locator(f"#stylize-blend-{i} [data-testid=block-info]").inner_text() for i in range(3)]
+    assert labels == ["alpha", "beta", "gamma"]
+    assert not page.locator("#stylize-blend-3").is_visible()
+
+    def stylize(weights: list[str]) -> np.ndarray:
+        for i, weight in enumerate(weights):
+            box = page.locator(f"#stylize-blend-{i} input[type=number]")
+            box.fill(weight)
+            box.press("Enter")
+        links = page.locator("#stylize-results a")
+        before = links.first.get_attribute("href") if links.count() else None
+        page.locator("#stylize-run").click()
+        page.wait_for_function(
+            "(old) => { const a = document.querySelector('#stylize-results a');"
+            " return a !== null && a.getAttribute('href') !== old; }", arg=before)  # each request: a new folder
+        href = links.first.get_attribute("href")
+        return np.asarray(Image.open(io.BytesIO(page.request.get(href).body())).convert("RGB"), float)
+
+    alpha = stylize(["1", "0", "0"])
+    gamma = stylize(["0", "0", "1"])
+    assert np.abs(alpha - gamma).mean() > 2  # the weights reached the model
+    for i in range(3):
+        page.locator(f"#stylize-blend-{i} input[type=number]").fill("0")
+        page.locator(f"#stylize-blend-{i} input[type=number]").press("Enter")
+    page.locator("#stylize-run").click()
+    error = page.locator("#stylize-status .fst-error")
+    error.wait_for()
+    assert "give at least one style a blend weight above 0" in error.inner_text()
+    page.close()

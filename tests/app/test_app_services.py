@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from _infer_corpus import build_corpus
-from _app_helpers import real_cache_dir
+from _app_helpers import multi_style_model, real_cache_dir
 from fst.app.store import AppData, check_model_name, safe_stem, unique_path
 from fst.app.stylizing import Limits, ModelCache, Options, read_photo, stylize_uploads, target_size
 from fst.errors import FstError
@@ -179,3 +179,21 @@ def test_cancelled_runner_signal_reaches_the_trainer(tmp_path: Path) -> None:
     cancel = runner._Cancel()
     runner._on_sigterm([child], cancel)(signal.SIGTERM, None)
     assert child.wait(timeout=10) == -signal.SIGTERM and cancel.requested_at is not None
+
+
+def test_a_multi_style_model_blends_the_weights_given(data: AppData, tmp_path: Path) -> None:
+    multi_style_model(Path(os.environ["FST_HOME"]) / "models" / "trio.safetensors", ["alpha", "beta", "gamma"])
+    photo = tmp_path / "p.png"
+    Image.fromarray((np.random.default_rng(2).random((48, 64, 3)) * 255).astype(np.uint8)).save(photo)
+    models = ModelCache()
+    assert models.get("trio").styles == ["alpha", "beta", "gamma"]
+
+    def run(style: object) -> np.ndarray:
+        result = stylize_uploads([(photo, "p.png")], Options(model="trio", style=style), data, models)
+        assert not result.errors
+        return np.asarray(Image.open(result.pairs[0][1]), float)
+
+    alpha, beta = run({"alpha": 1.0}), run({"beta": 1.0})
+    half = run({"alpha": 0.5, "beta": 0.5})
+    assert np.abs(alpha - beta).mean() > 2
+    assert np.abs(half - alpha).mean() > 0.5 and np.abs(half - beta).mean() > 0.5  # between the two
