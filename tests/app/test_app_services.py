@@ -197,3 +197,28 @@ def test_a_multi_style_model_blends_the_weights_given(data: AppData, tmp_path: P
     half = run({"alpha": 0.5, "beta": 0.5})
     assert np.abs(alpha - beta).mean() > 2
     assert np.abs(half - alpha).mean() > 0.5 and np.abs(half - beta).mean() > 0.5  # between the two
+
+
+def test_a_clip_goes_through_the_same_request_with_progress(data: AppData, tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    clip = tmp_path / "walk.mp4"
+    with av.open(str(clip), mode="w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(8):
+            rgb = np.full((48, 64, 3), (30 * i, 100, 160), np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    seen: list[tuple[float, str]] = []
+    result = stylize_uploads([(clip, "walk.mp4")], Options(model="starry_night"), data, ModelCache(),
+                             Limits(max_clip_side=32), progress=lambda f, d: seen.append((f, d)))
+    (out_clip,) = result.clips
+    assert out_clip.name == "walk_starry_night.mp4" and data.inside(out_clip)
+    with av.open(str(out_clip)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (32, 24)
+        assert sum(1 for _ in container.decode(stream)) == 8
+    assert result.notes == ["walk.mp4: 64x48 clip stylized with its long side at 32 px (the limit for clips)"]
+    assert any(desc.startswith("walk.mp4: frame") for _, desc in seen) and seen[-1] == (1.0, "done")
