@@ -108,12 +108,12 @@ def stop_trainings(data: Path) -> None:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    """Debian's chromium driven by Playwright (headless, no sandbox: CI runs as root)."""
+    """Debian's chromium driven by Playwright (headless; no sandbox: CI runs as root; /tmp for shared memory)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright")
     if not CHROMIUM.exists() and not shutil.which("chromium"):
         pytest.skip(f"the browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
     executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
     with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        instance = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield instance
         instance.close()

@@ -127,7 +127,7 @@ def test_models_are_chosen_by_name_only(data: AppData) -> None:
         stylize_uploads([("x.jpg", "x.jpg")], Options(model="no_such_style"), data, ModelCache())
 
 
-def test_one_training_at_a_time_and_cancel_stops_its_process_group(data: AppData, tmp_path: Path) -> None:
+def test_one_training_at_a_time_across_restarts_and_cancel_stops_its_process_group(data: AppData, tmp_path: Path) -> None:
     from fst.app.training import SCHEDULES, TINY, TrainingManager
 
     painting = tmp_path / "painting.png"
@@ -146,7 +146,11 @@ def test_one_training_at_a_time_and_cancel_stops_its_process_group(data: AppData
     while (manager.active() or {}).get("state") != "running" and time.monotonic() < deadline:
         time.sleep(0.2)  # the runner records its pid, then starts the trainer
     time.sleep(1.0)
-    assert manager.cancel()["id"] == record["id"]
+    restarted = TrainingManager(data)  # an app started again meanwhile finds the run by its record
+    assert restarted.active()["id"] == record["id"]
+    with pytest.raises(FstError, match="already running"):
+        restarted.start(painting, "painting.png", "second", "quick")
+    assert restarted.cancel()["id"] == record["id"]
     final = manager.wait(record["id"], timeout=120)
     assert final["state"] == "cancelled"
     with pytest.raises(ProcessLookupError):
