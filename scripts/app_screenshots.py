@@ -109,7 +109,8 @@ def main() -> None:
     inputs = small_copies(tmp)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+            browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                                 args=["--no-sandbox", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(120_000)
             page.goto(url)

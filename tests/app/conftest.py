@@ -114,6 +114,7 @@ def browser() -> Iterator[object]:
         pytest.skip(f"the browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
     executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
     with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        instance = playwright.chromium.launch(executable_path=executable,
+                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield instance
         instance.close()
