@@ -172,3 +172,21 @@ def test_blend_the_styles_of_a_multi_style_model(browser: Any, app_server: Any, 
     error.wait_for()
     assert "give at least one style a blend weight above 0" in error.inner_text()
     page.close()
+
+
+def test_the_app_listens_on_loopback_only(app_server: Any) -> None:
+    import socket
+
+    port = int(app_server.url.rstrip("/").rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outward interface
+            address = probe.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("this machine has no address besides loopback to try")
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, port), timeout=5).close()
