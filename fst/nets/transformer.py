@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fst.nets.conditional_norm import apply_norm, norm_layer
+
 UPSAMPLE_MODES = ("resize_conv", "transposed")
 OUTPUT_HEADS = ("none", "clamp", "tanh")
 
@@ -33,6 +35,9 @@ class TransformerNetConfig:
     num_residual: int = 5
     upsample: str = "resize_conv"
     output_head: str = "tanh"
+    # 0: one style (affine instance norm); N > 0: N styles in conditional instance norm
+    # (fst.nets.conditional_norm), chosen per call by a style-weight vector.
+    num_styles: int = 0
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLE_MODES:
@@ -41,36 +46,42 @@ class TransformerNetConfig:
             raise ValueError(f"model.output_head must be one of {OUTPUT_HEADS}, got {self.output_head!r}")
         if self.width < 1 or self.num_residual < 0:
             raise ValueError(f"model.width must be >= 1 and model.num_residual >= 0, got {self}")
+        if self.num_styles < 0:
+            raise ValueError(f"model.num_styles must be >= 0, got {self.num_styles}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        config = asdict(self)
+        if not self.num_styles:  # single-style files stay as earlier fst versions wrote (and read) them
+            del config["num_styles"]
+        return config
 
 
 class ConvNormAct(nn.Module):
-    """Reflection-padded conv, affine instance norm, optional ReLU."""
+    """Reflection-padded conv, affine (or per-style) instance norm, optional ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, relu: bool = True) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, relu: bool = True,
+                 num_styles: int = 0) -> None:
         super().__init__()
         self.pad = nn.ReflectionPad2d(kernel // 2)
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride)
-        self.norm = nn.InstanceNorm2d(c_out, affine=True)
+        self.norm = norm_layer(c_out, num_styles)
         self.relu = relu
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.conv(self.pad(x)))
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        x = apply_norm(self.norm, self.conv(self.pad(x)), style)
         return F.relu(x) if self.relu else x
 
 
 class ResidualBlock(nn.Module):
     """Two 3x3 conv + instance norm layers with an identity skip (He et al. 2016)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, num_styles: int = 0) -> None:
         super().__init__()
-        self.block1 = ConvNormAct(channels, channels, 3)
-        self.block2 = ConvNormAct(channels, channels, 3, relu=False)
+        self.block1 = ConvNormAct(channels, channels, 3, num_styles=num_styles)
+        self.block2 = ConvNormAct(channels, channels, 3, relu=False, num_styles=num_styles)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block2(self.block1(x))
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.block2(self.block1(x, style), style)
 
 
 class UpsampleBlock(nn.Module):
@@ -80,7 +91,7 @@ class UpsampleBlock(nn.Module):
     encoder for any input size, odd ones included.
     """
 
-    def __init__(self, c_in: int, c_out: int, mode: str) -> None:
+    def __init__(self, c_in: int, c_out: int, mode: str, num_styles: int = 0) -> None:
         super().__init__()
         self.mode = mode
         if mode == "resize_conv":
@@ -92,15 +103,15 @@ class UpsampleBlock(nn.Module):
             # trace time. Output padding only appends at the bottom/right, so the crop
             # computes exactly what output_size would.
             self.conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
-        self.norm = nn.InstanceNorm2d(c_out, affine=True)
+        self.norm = norm_layer(c_out, num_styles)
 
-    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, like: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         height, width = like.shape[-2], like.shape[-1]
         if self.mode == "resize_conv":
             x = self.conv(self.pad(F.interpolate(x, size=(height, width), mode="nearest")))
         else:
             x = self.conv(x)[:, :, :height, :width]
-        return F.relu(self.norm(x))
+        return F.relu(apply_norm(self.norm, x, style))
 
 
 class OutputHead(nn.Module):
@@ -134,22 +145,27 @@ class TransformerNet(nn.Module):
     def __init__(self, config: TransformerNetConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.config = config if config is not None else TransformerNetConfig(**kwargs)
-        w = self.config.width
-        self.enc1 = ConvNormAct(3, w, 9)
-        self.enc2 = ConvNormAct(w, 2 * w, 3, stride=2)
-        self.enc3 = ConvNormAct(2 * w, 4 * w, 3, stride=2)
-        self.residuals = nn.Sequential(*[ResidualBlock(4 * w) for _ in range(self.config.num_residual)])
-        self.up1 = UpsampleBlock(4 * w, 2 * w, self.config.upsample)
-        self.up2 = UpsampleBlock(2 * w, w, self.config.upsample)
+        w, n = self.config.width, self.config.num_styles
+        self.enc1 = ConvNormAct(3, w, 9, num_styles=n)
+        self.enc2 = ConvNormAct(w, 2 * w, 3, stride=2, num_styles=n)
+        self.enc3 = ConvNormAct(2 * w, 4 * w, 3, stride=2, num_styles=n)
+        self.residuals = nn.Sequential(*[ResidualBlock(4 * w, n) for _ in range(self.config.num_residual)])
+        self.up1 = UpsampleBlock(4 * w, 2 * w, self.config.upsample, n)
+        self.up2 = UpsampleBlock(2 * w, w, self.config.upsample, n)
         self.pad_out = nn.ReflectionPad2d(4)
         self.conv_out = nn.Conv2d(w, 3, 9)
         self.head = OutputHead(self.config.output_head)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h2 = self.enc2(self.enc1(image))
-        h = self.residuals(self.enc3(h2))
-        h = self.up1(h, like=h2)
-        h = self.up2(h, like=image)
+    def forward(self, image: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """``style``: for a multi-style net (``config.num_styles`` > 0) the style weights,
+        (num_styles,) for the batch or (B, num_styles) per image (fst.nets.conditional_norm);
+        None for a single-style net."""
+        h2 = self.enc2(self.enc1(image, style), style)
+        h = self.enc3(h2, style)
+        for block in self.residuals:
+            h = block(h, style)
+        h = self.up1(h, like=h2, style=style)
+        h = self.up2(h, like=image, style=style)
         return self.head(self._conv_out(self.pad_out(h)))
 
     def _conv_out(self, h: torch.Tensor) -> torch.Tensor:

@@ -30,12 +30,16 @@ def module_metadata(module: Any, steps: int) -> dict[str, Any]:
     """
     config = dict(module.loss.config)
     style_image = config.get("style_image")
-    return {
+    meta = {
         "style_name": module.style_name,
         "style_sha256": file_sha256(style_image) if style_image else None,
         "loss": config,
         "steps": int(steps),
     }
+    extra = getattr(module, "extra_metadata", None)  # a multi-style module's style names (fst.train.multistyle)
+    if callable(extra):
+        meta.update(extra())
+    return meta
 
 
 def add_metadata(checkpoint: dict[str, Any], module: Any, steps: int) -> None:

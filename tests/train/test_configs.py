@@ -23,6 +23,7 @@ from fst.loss.perceptual import PerceptualLoss
 from fst.resources import CONFIG_DIR
 from fst.train.config import group_options, register_resolvers
 from fst.train.module import StyleTransferModule
+from fst.train.multistyle import MultiStyleModule
 
 # Hydra's own groups (hydra/launcher=...) come with its plugins and are not fst's.
 GROUPS = sorted(
@@ -85,7 +86,11 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     loss = _loss(cfg)
     if loss is not None:
         module = instantiate(cfg.model, loss=loss)
-        assert isinstance(module, StyleTransferModule) and module.style_name == cfg.style.name
+        assert isinstance(module, StyleTransferModule) and module.style_name == cfg.model.style_name
+        if isinstance(module, MultiStyleModule):  # model=multistyle: styles=bundled by default
+            assert module.style_names == group_options("style") and module.net.config.num_styles == 6
+        else:
+            assert module.style_name == cfg.style.name
         optimizers = module.configure_optimizers()
         if cfg.model.scheduler is None:
             assert isinstance(optimizers, torch.optim.Optimizer)
