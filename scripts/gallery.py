@@ -2,6 +2,11 @@
 
     python scripts/gallery.py [--photos chelsea coffee astronaut] [--size 256] [-o docs/images/gallery.jpg]
     python scripts/gallery.py --strengths 0.25 0.5 0.75 1 --styles the_wave -o docs/images/strength.jpg
+    python scripts/gallery.py --multistyle gallery --blend starry_night the_wave --photos chelsea \
+        -o docs/images/gallery_multistyle.jpg
+
+--multistyle MODEL: one photo in every style of a multi-style model (first row), then a row of
+blends between the two --blend styles, from the first alone to the second alone.
 
 Photos are found by stem in the bundled validation photos (never used for training).
 """
@@ -18,6 +23,7 @@ from fst.fsutil import atomic_path
 from fst.images import list_images, open_rgb, resize_long_side
 from fst.infer import Stylizer
 from fst.infer.backends import available_models
+from fst.infer.styles import model_file_styles
 from fst.resources import BUNDLED_MODELS_DIR, VAL_PHOTOS_DIR
 
 GAP = 6
@@ -38,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strengths", nargs="+", type=float, help="one column per strength (one style)")
     parser.add_argument("--size", type=int, default=256, help="long side of every image (default 256)")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/images/gallery.jpg"))
+    parser.add_argument("--multistyle", metavar="MODEL", help="a multi-style model: its styles and blends")
+    parser.add_argument("--blend", nargs=2, metavar="STYLE", help="the two styles blended (with --multistyle)")
+    parser.add_argument("--blend-steps", type=int, default=5, help="blends in the second row (default 5)")
     args = parser.parse_args(argv)
+    if args.multistyle:
+        return multistyle_sheet(args)
     styles = args.styles or sorted(n for n, p in available_models().items() if p.parent == BUNDLED_MODELS_DIR
-                                   and not n.endswith("_demo"))
+                                   and not n.endswith("_demo") and not model_file_styles(p))
     photos = [resize_long_side(open_rgb(_photo(stem)), args.size) for stem in args.photos]
     columns: list[tuple[str, list[Image.Image]]] = [("photo", photos)]
     for style in styles:
@@ -61,6 +72,39 @@ def main(argv: list[str] | None = None) -> int:
         for img, h in zip(images, row_h):
             sheet.paste(img, (left + (cell_w - img.width) // 2, top))
             top += h + GAP
+    with atomic_path(args.output) as tmp:
+        sheet.save(tmp, format="JPEG", quality=88)
+    print(args.output)
+    return 0
+
+
+def multistyle_sheet(args: object) -> int:
+    """Row 1: the photo and each style of the model; row 2: blends from one --blend style to the other."""
+    stylizer = Stylizer.load(args.multistyle, device="cpu")
+    if not stylizer.styles:
+        raise FstError(f"{args.multistyle}: not a multi-style model")
+    first, second = args.blend or stylizer.styles[:2]
+    photo = resize_long_side(open_rgb(_photo(args.photos[0])), args.size)
+    top = [("photo", photo)] + [(style, stylizer(photo, style=style)) for style in stylizer.styles]
+    steps = max(2, args.blend_steps)
+    bottom = []
+    for i in range(steps):
+        t = i / (steps - 1)
+        label = f"{first} {1 - t:g} + {second} {t:g}" if 0 < t < 1 else (first if t == 0 else second)
+        bottom.append((label, stylizer(photo, style={first: 1 - t, second: t})))
+    font = ImageFont.load_default(size=13)
+    cell_w, cell_h = photo.width, photo.height
+    columns = max(len(top), len(bottom))
+    width = columns * (cell_w + GAP) - GAP
+    sheet = Image.new("RGB", (width, 2 * (LABEL_HEIGHT + cell_h) + GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate((top, bottom)):
+        y = r * (LABEL_HEIGHT + cell_h + GAP)
+        left0 = (width - (len(row) * (cell_w + GAP) - GAP)) // 2  # the shorter row centred
+        for c, (label, image) in enumerate(row):
+            left = left0 + c * (cell_w + GAP)
+            draw.text((left + 2, y + 4), label, fill=(20, 20, 20), font=font)
+            sheet.paste(image, (left, y + LABEL_HEIGHT))
     with atomic_path(args.output) as tmp:
         sheet.save(tmp, format="JPEG", quality=88)
     print(args.output)

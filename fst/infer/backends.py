@@ -123,13 +123,17 @@ class TorchBackend:
         self.dtype = dtype
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] on any device -> (B, 3, H, W) float32 on ``self.device``."""
+    def __call__(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] on any device -> (B, 3, H, W) float32 on ``self.device``.
+
+        ``style``: a multi-style net's style weights, (num_styles,) (fst.infer.styles).
+        """
         batch = batch.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        inputs = (batch,) if style is None else (batch, style.to(self.device, torch.float32))
         if self.dtype == torch.float32:
-            return self.net(batch).float()
+            return self.net(*inputs).float()
         with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-            return self.net(batch).float()
+            return self.net(*inputs).float()
 
 
 class OnnxBackend:
@@ -151,13 +155,19 @@ class OnnxBackend:
             raise FstError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         self.metadata = json.loads(raw) if raw else {}
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        # A multi-style graph's style weights (fst.nets.export_formats).
+        self.style_input = inputs[1].name if len(inputs) > 1 else None
         self.device = torch.device("cpu")
         self.dtype = torch.float32
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().float().cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+    def __call__(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """``style``: a multi-style graph's second input, the style weights (num_styles,)."""
+        feeds = {self.input_name: batch.detach().float().cpu().contiguous().numpy()}
+        if style is not None:
+            feeds[self.style_input] = style.detach().float().cpu().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
 def load_backend(spec: str | Path, device: str = "auto", precision: str = "auto") -> tuple[TorchBackend | OnnxBackend, Path]:

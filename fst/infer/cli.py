@@ -26,6 +26,7 @@ import torch
 from fst.errors import ArgumentParser, EXIT_FAILED, EXIT_OK, FstError, UsageError, run_command
 from fst.images import OUTPUT_FORMATS, Photo, read_photo, write_photo
 from fst.infer.inputs import DEFAULT_TEMPLATE, Job, TEMPLATE_FIELDS, check_template, expand_inputs, output_path
+from fst.infer.styles import model_file_styles, style_label
 from fst.infer.video import (CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_FRAME_BATCH, DEFAULT_VIDEO_EXT, ClipInfo,
                              expected_frames, is_video)
 
@@ -92,6 +93,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overlap", type=number(int, low=0), default=128, help="tile overlap in pixels (default: 128)")
     p.add_argument("--preserve-color", action="store_true", help="keep the photo's colours, take only luminance")
     p.add_argument("--strength", type=number(float, 0.0, 1.0), default=1.0, help="0 = photo, 1 = full style (default)")
+    p.add_argument("--style", metavar="NAME[:W,NAME:W...]",
+                   help="a multi-style model's style, or a blend of its styles by weight "
+                        "(starry_night:0.7,the_wave:0.3); --list-models shows them")
     p.add_argument("--format", choices=sorted(OUTPUT_FORMATS), help="output format (default: jpg, png with alpha)")
     p.add_argument("--quality", type=number(int, 1, 100), default=92, help="JPEG/WebP quality 1-100 (default: 92)")
     p.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC,
@@ -143,7 +147,8 @@ class Runner:
     def claim(self, job: Job, ext: str) -> Path | None:
         """The output path for ``job`` with extension ``ext``, or None after reporting why not to write it."""
         a = self.args
-        dest = output_path(job, a.output_dir, a.name, style=self.stylizer.style, model=self.stylizer.name, ext=ext)
+        style = style_label(a.style) or self.stylizer.style
+        dest = output_path(job, a.output_dir, a.name, style=style, model=self.stylizer.name, ext=ext)
         key = dest.resolve()
         if key in self.inputs:
             self.fail(f"{job.source}: output {dest} would overwrite an input; change -o or --name")
@@ -162,7 +167,8 @@ class Runner:
 
     def run_batch(self, items: list[tuple[Job, Photo, Path]]) -> None:
         a = self.args
-        options = dict(tile=a.tile, overlap=a.overlap, preserve_color=a.preserve_color, strength=a.strength)
+        options = dict(tile=a.tile, overlap=a.overlap, preserve_color=a.preserve_color, strength=a.strength,
+                       style=a.style)
         try:
             outs = self.stylizer.stylize_many([p.rgb for _, p, _ in items], batch_size=a.batch, **options)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: name the photo, go on
@@ -257,6 +263,7 @@ class Runner:
                     self.stylizer, job.source, dest, size=a.size, codec=a.codec, crf=a.crf, batch_size=frame_batch,
                     overwrite=a.overwrite, progress=bar.update, on_start=started,
                     tile=a.tile, overlap=a.overlap, preserve_color=a.preserve_color, strength=a.strength,
+                    style=a.style,
                 )
             except FstError as exc:
                 self.claimed.pop(dest.resolve(), None)
@@ -296,7 +303,8 @@ def _stylize_command(argv: list[str] | None) -> int:
         from fst.infer.backends import available_models
 
         for name, path in sorted(available_models().items()):
-            print(f"{name}\t{path}")
+            styles = model_file_styles(path)
+            print(f"{name}\t{path}" + (f"\tstyles: {', '.join(styles)}" if styles else ""))
         return EXIT_OK
     if not args.model:
         parser.error("-m/--model is required (see --list-models)")
@@ -317,6 +325,10 @@ def _stylize_command(argv: list[str] | None) -> int:
         raise
     except FstError as exc:
         raise UsageError(str(exc)) from None  # a model that cannot be used is a bad -m
+    try:
+        stylizer.style_weights(args.style)  # a bad --style, or none for a multi-style model
+    except FstError as exc:
+        raise UsageError(str(exc)) from None
     if isinstance(args.tile, int) and not stylizer.backend.supports_tiling:
         raise UsageError(f"--tile needs a PyTorch model (.safetensors or .pth); {args.model} is ONNX")
 

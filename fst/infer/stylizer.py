@@ -6,6 +6,9 @@
 >>> batch_out = s(torch.rand(4, 3, 256, 256))    # tensors in [0, 1], (3,H,W) or (B,3,H,W)
 >>> fst.stylize("starry_night", "photo.jpg")     # one call: a path or PIL image in, RGB PIL out
 >>> s.stylize_video("clip.mp4", "clip_starry.mp4")  # streamed, audio copied (fst.infer.video)
+>>> g = Stylizer.load("gallery")                 # a multi-style model: g.styles lists its styles
+>>> g(img, style="the_wave")                     # one of them, or a blend (fst.infer.styles):
+>>> g(img, style={"starry_night": 0.7, "the_wave": 0.3})
 
 Large images are tiled automatically (see :mod:`fst.infer.tiling`); tiny ones are padded
 up to the network's minimum size and cropped back.
@@ -25,6 +28,7 @@ from fst.errors import FstError
 from fst.images import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil, upright
 from fst.infer.backends import OnnxBackend, TorchBackend, load_backend
 from fst.infer.color import blend, preserve_color as luminance_transfer
+from fst.infer.styles import StyleChoice, style_weights, styles_in
 from fst.infer.tiling import tiled_forward
 
 # Below this many pixels per side reflection padding inside the network is impossible
@@ -63,6 +67,18 @@ class Stylizer:
         return str(self.metadata.get("style_name") or self.name)
 
     @property
+    def styles(self) -> list[str]:
+        """The styles of a multi-style model, in the order of its weight vector; [] for a single-style one."""
+        return styles_in(self.metadata)
+
+    def style_weights(self, style: StyleChoice) -> torch.Tensor | None:
+        """The network's style input for ``style`` (a name, a {name: weight} blend or its
+        ``"a:0.7,b:0.3"`` text; see fst.infer.styles): (num_styles,) weights summing to 1,
+        or None for a single-style model called without one. A multi-style model needs a
+        style: without one, or with an unknown name or bad weights, an FstError lists its styles."""
+        return style_weights(self.styles, style, self.name)
+
+    @property
     def device(self) -> torch.device:
         return self.backend.device
 
@@ -79,13 +95,16 @@ class Stylizer:
         preserve_color: bool = False,
         strength: float = 1.0,
         batch_size: int = 4,
+        style: StyleChoice = None,
     ) -> Image.Image | torch.Tensor | list[Image.Image]:
         """Stylize a PIL image, a list of them, or a (3, H, W) / (B, 3, H, W) tensor in [0, 1].
 
         ``size`` resizes the long side first. PIL inputs are turned upright by their EXIF
         orientation and keep their alpha channel. Tensors come back on their own device.
+        ``style``: for a multi-style model, which style or blend (see :meth:`style_weights`).
         """
-        options = dict(tile=tile, overlap=overlap, preserve_color=preserve_color, strength=strength)
+        self.style_weights(style)  # a bad choice fails before any image is decoded or resized
+        options = dict(tile=tile, overlap=overlap, preserve_color=preserve_color, strength=strength, style=style)
         if isinstance(image, Image.Image):
             return self._stylize_pils([image], size, batch_size, options)[0]
         if isinstance(image, torch.Tensor):
@@ -150,15 +169,17 @@ class Stylizer:
         preserve_color: bool = False,
         strength: float = 1.0,
         stats_size: int = DEFAULT_STATS_SIZE,
+        style: StyleChoice = None,
     ) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> stylized (B, 3, H, W) float32 in [0, 1] on the model's device."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
+        weights = self.style_weights(style)
         tile_size = self._tile_size(batch.shape[-2:], tile)
         if tile_size:
-            stylized = torch.cat([self._tiled(img[None], tile_size, overlap, stats_size) for img in batch])
+            stylized = torch.cat([self._tiled(img[None], tile_size, overlap, stats_size, weights) for img in batch])
         else:
-            stylized = self._whole(batch)
+            stylized = self._whole(batch, weights)
         photo = batch.to(stylized.device, torch.float32)
         stylized = stylized.clamp(0.0, 1.0)
         if preserve_color:
@@ -181,30 +202,37 @@ class Stylizer:
             raise FstError(f"{self.name}: tiling needs a PyTorch model (.safetensors or .pth), not ONNX")
         return tile_size
 
-    def _whole(self, batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, batch: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """The backend on ``batch``, with the style weights of a multi-style model."""
+        return self.backend(batch) if weights is None else self.backend(batch, style=weights)
+
+    def _whole(self, batch: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass; tiny images are edge-padded to MIN_SIDE and cropped back."""
         h, w = batch.shape[-2:]
         pad_h, pad_w = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
         if pad_h or pad_w:
             padded = F.pad(batch.float(), (0, pad_w, 0, pad_h), mode="replicate")
-            return self.backend(padded)[..., :h, :w]
+            return self._run(padded, weights)[..., :h, :w]
         try:
-            return self.backend(batch)
+            return self._run(batch, weights)
         except torch.OutOfMemoryError:
             if not self.backend.supports_tiling or max(h, w) <= 2 * MIN_SIDE:
                 raise
             # Out of accelerator memory: fall back to tiles of half the long side.
             torch.cuda.empty_cache()
             tile = max(256, max(h, w) // 2 // 4 * 4)
-            return torch.cat([self._tiled(img[None], tile, DEFAULT_OVERLAP, DEFAULT_STATS_SIZE) for img in batch])
+            return torch.cat([self._tiled(img[None], tile, DEFAULT_OVERLAP, DEFAULT_STATS_SIZE, weights)
+                              for img in batch])
 
-    def _tiled(self, image: torch.Tensor, tile: int, overlap: int, stats_size: int) -> torch.Tensor:
+    def _tiled(self, image: torch.Tensor, tile: int, overlap: int, stats_size: int,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
         backend = self.backend
         assert isinstance(backend, TorchBackend)
         overlap = min(overlap, tile // 2) // 4 * 4  # more than half a tile only adds work
         with torch.inference_mode():
             return tiled_forward(
-                backend.net, image.to(backend.device, torch.float32), tile, overlap, stats_size=stats_size, run=backend
+                backend.net, image.to(backend.device, torch.float32), tile, overlap, stats_size=stats_size,
+                run=lambda x: self._run(x, weights),
             )
 
 
