@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep-report": ("fst.sweep.report:main", "rebuild the contact sheet and table of a finished sweep"),
     "add-style": ("fst.train.add_style:main", "train one more style into a multi-style model, the others untouched"),
     "quality": ("fst.research.quality:main", "measure a model (colour, contrast, structure, blobs, loss) beside a peer and Gatys"),
+    "optimize": ("fst.research.optimize:main", "stylize one photo by optimising its pixels (Gatys et al.) under a model's loss"),
     "app": ("fst.app.cli:main", "serve a web page to stylize photos and clips and train new styles (needs fst[app])"),
 }
 
