@@ -157,7 +157,8 @@ def sample_output(card: ModelCard, data: AppData, models: ModelCache) -> tuple[P
         stylizer = models.get(card.name)
         styles = style_names(stylizer)
         # A multi-style model needs a choice: its first style stands for it.
-        out = stylizer(open_rgb(photo_dest), **({"style": styles[0]} if styles else {}))
+        with models.inference:
+            out = stylizer(open_rgb(photo_dest), **({"style": styles[0]} if styles else {}))
         with atomic_path(dest) as tmp:
             out.convert("RGB").save(tmp, format="JPEG", quality=90)
     return photo_dest, dest

@@ -33,7 +33,8 @@ def parser() -> ArgumentParser:
                    help="clips are stylized with their long side at most this (default: %(default)s)")
     p.add_argument("--max-upload", default="2gb", help="largest upload accepted (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2,
-                   help="stylize requests run at once; more wait in a queue (default: %(default)s)")
+                   help="stylize requests handled at once (forward passes take turns); more wait in a queue "
+                        "(default: %(default)s)")
     p.add_argument("--test-schedule", action="store_true",
                    help="also offer a tiny training schedule that ends in seconds (for checking a set-up)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")

@@ -2,7 +2,8 @@
 
 Photos: the header is read first, so that a decompression bomb is refused before any
 pixel is decoded; a photo over the pixel limit is scaled down, with a note saying so.
-Clips go through :meth:`fst.infer.Stylizer.stylize_video`, their long side capped.
+Clips go through :func:`fst.infer.video.stylize_video` (what ``Stylizer.stylize_video`` runs),
+their long side capped.
 Every output is written under one fresh folder of ``results/`` in the data folder.
 """
 
@@ -24,7 +25,7 @@ from fst.fsutil import atomic_path
 from fst.images import DecodedImage, decode_image
 from fst.infer.backends import available_models
 from fst.infer.stylizer import Stylizer
-from fst.infer.video import expected_frames, is_video, probe
+from fst.infer.video import expected_frames, is_video, probe, stylize_video
 
 from fst.app.store import AppData, safe_stem, unique_path
 
@@ -80,12 +81,18 @@ class StylizeResult:
 
 
 class ModelCache:
-    """Loaded stylizers by model name, reloaded when the file changes; the newest few kept."""
+    """Loaded stylizers by model name, reloaded when the file changes; the newest few kept.
+
+    ``inference`` is held around every forward pass the app makes: on a CPU one pass already
+    uses every core (two at once only contend), and not every engine may be entered from two
+    threads at once. Decoding, resizing and encoding run outside it, in parallel.
+    """
 
     def __init__(self, size: int = MAX_CACHED_MODELS) -> None:
         self.size = size
         self._models: OrderedDict[str, tuple[tuple[str, int], Stylizer]] = OrderedDict()
         self._lock = threading.Lock()
+        self.inference = threading.Lock()
 
     def get(self, name: str) -> Stylizer:
         """The model called ``name`` in the model folders (never a path: the page names models only)."""
@@ -218,7 +225,8 @@ def stylize_uploads(
             progress(index / len(uploads), f"{name} ({index + 1} of {len(uploads)})")
         try:
             if is_video(name):
-                result.clips.append(_stylize_clip(stylizer, path, name, folder, stem, options, kwargs, limits,
+                frames = _SerializedFrames(stylizer, models.inference)
+                result.clips.append(_stylize_clip(frames, path, name, folder, stem, options, kwargs, limits,
                                                   result.notes, progress, index, len(uploads)))
                 continue
             decoded, note = read_photo(path, name, limits, options.size)
@@ -228,7 +236,8 @@ def stylize_uploads(
         if note:
             result.notes.append(note)
         photo = decoded.rgb if decoded.alpha is None else Image.merge("RGBA", (*decoded.rgb.split(), decoded.alpha))
-        out = stylizer(photo, **kwargs)
+        with models.inference:
+            out = stylizer(photo, **kwargs)
         out_path = _save_output(out, folder, stem, decoded.icc_profile)
         result.pairs.append((_save_preview(photo, previews, safe_stem(name)), out_path, f"{name} → {options.model}"))
     if len(result.outputs) > 1:
@@ -238,7 +247,19 @@ def stylize_uploads(
     return result
 
 
-def _stylize_clip(stylizer: Stylizer, path: Path, name: str, folder: Path, stem: str, options: Options,
+class _SerializedFrames:
+    """A stylizer whose frame batches take the inference lock one batch at a time (a long clip
+    does not hold up photos sent meanwhile)."""
+
+    def __init__(self, stylizer: Stylizer, lock: threading.Lock) -> None:
+        self.stylizer, self.lock = stylizer, lock
+
+    def stylize_batch(self, batch: Any, **options: Any) -> Any:
+        with self.lock:
+            return self.stylizer.stylize_batch(batch, **options)
+
+
+def _stylize_clip(frames: _SerializedFrames, path: Path, name: str, folder: Path, stem: str, options: Options,
                   kwargs: dict[str, Any], limits: Limits, notes: list[str], progress: Progress | None,
                   index: int, count: int) -> Path:
     try:
@@ -261,7 +282,7 @@ def _stylize_clip(stylizer: Stylizer, path: Path, name: str, folder: Path, stem:
 
     dest = unique_path(folder, stem, ".mp4")
     try:
-        stylizer.stylize_video(path, dest, size=size, progress=frames_done, **kwargs)
+        stylize_video(frames, path, dest, size=size, progress=frames_done, **kwargs)
     except FstError as exc:
         raise FstError(_readable_reason(exc, path, name)) from None
     return dest
