@@ -178,21 +178,22 @@ def list_images(root: str | Path) -> list[Path]:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL image -> float tensor (C, H, W) in [0, 1]: C = 1 for "L" (alpha planes), else 3 (RGB)."""
-    from torchvision.transforms.v2 import functional as TF  # ~1 s of imports: only when converting
-
+    # Through numpy rather than torchvision's converters (the same values, x / 255): importing
+    # torchvision.transforms takes seconds, a large share of a short fst-infer run.
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
-    return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+    array = np.array(img, dtype=np.uint8)
+    planes = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+    return planes.to(torch.float32).mul_(1 / 255)  # as torchvision scales: bit-identical
 
 
 def tensor_to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) [+ (1, H, W) alpha] in [0, 1] -> RGB or RGBA PIL image (values clamped)."""
-    from torchvision.transforms.v2 import functional as TF
-
     if rgb.dim() == 4:
         rgb = rgb[0]
     planes = rgb if alpha is None else torch.cat([rgb, alpha.to(rgb.device)])
-    return TF.to_pil_image(_to_uint8(planes))
+    return Image.fromarray(np.ascontiguousarray(_to_uint8(planes).permute(1, 2, 0).numpy()),
+                           "RGB" if planes.shape[0] == 3 else "RGBA")
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:

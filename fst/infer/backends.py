@@ -1,5 +1,13 @@
 """Finding a model by name or path and running it: eager PyTorch or ONNX Runtime.
 
+Which engine runs a model (``--backend``): ``auto`` runs fst and pytorch/examples models
+on the CPU through ONNX Runtime, from graphs exported on first use and cached
+(fst.infer.onnx_cache; the same outputs as eager PyTorch within 1e-4, in less time:
+BENCHMARKS.md), and in PyTorch everywhere else: on CUDA and MPS (fp16/bf16 autocast,
+channels_last on CUDA, optionally torch.compile), for fp16/bf16 on the CPU, and for
+multi-style models (their style input is not in the cached graphs). ``torch`` and ``onnx``
+force an engine. ``.onnx`` files always run in ONNX Runtime.
+
 Accepted model files, none of which can execute code when loaded:
 
 * ``.safetensors`` written by ``fst.train.export`` / training (weights + JSON metadata);
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ from fst.nets.legacy import LEGACY_SUFFIXES
 from fst.resources import model_search_dirs
 
 NAMED_SUFFIXES = (".safetensors", ".onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 class ModelNotFound(UsageError):
@@ -110,17 +120,22 @@ class TorchBackend:
 
     channels_last on CUDA only: it feeds tensor-core convolutions there, while on CPU
     it measured 1.3-1.6x slower for this network (reflection padding and instance
-    norm are slow in that layout; see docs/inference.md).
+    norm are slow in that layout; see docs/inference.md). ``compile``: run the network
+    through ``torch.compile`` (falls back to eager, with a note, if compiling fails).
     """
 
     supports_tiling = True
+    engine = "torch"
 
-    def __init__(self, net: torch.nn.Module, metadata: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, net: torch.nn.Module, metadata: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 compile: bool = False) -> None:
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.net = net.to(device).eval().to(memory_format=self.memory_format)
         self.metadata = metadata
         self.device = device
         self.dtype = dtype
+        self.note: str | None = None  # why this engine runs the model, when that is not what the user asked for
+        self._forward: Any = torch.compile(self.net) if compile else self.net
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,15 +146,28 @@ class TorchBackend:
         batch = batch.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
         inputs = (batch,) if style is None else (batch, style.to(self.device, torch.float32))
         if self.dtype == torch.float32:
-            return self.net(*inputs).float()
+            return self._run(inputs).float()
         with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-            return self.net(*inputs).float()
+            return self._run(inputs).float()
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self._forward is self.net:
+            return self.net(*inputs)
+        try:
+            return self._forward(*inputs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager network computes the same
+            print(f"note: torch.compile failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                  f"running eagerly", file=sys.stderr)
+            self._forward = self.net
+            return self.net(*inputs)
 
 
 class OnnxBackend:
     """An exported ONNX graph run by ONNX Runtime (fp32; no tiling: its norm layers are fixed ops)."""
 
     supports_tiling = False
+    engine = "onnx"
+    note: str | None = None
 
     def __init__(self, path: Path, device: torch.device) -> None:
         try:
@@ -170,14 +198,75 @@ class OnnxBackend:
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
-def load_backend(spec: str | Path, device: str = "auto", precision: str = "auto") -> tuple[TorchBackend | OnnxBackend, Path]:
-    """Resolve ``spec`` and load it for inference; returns (backend, model path)."""
+class CachedOnnxBackend:
+    """An fst model run by ONNX Runtime from graphs exported on first use and cached
+    (fst.infer.onnx_cache): fp32, any size, batches, and tiles with shared statistics."""
+
+    supports_tiling = True
+    engine = "onnx"
+
+    def __init__(self, path: Path, net: torch.nn.Module, metadata: dict[str, Any], device: torch.device,
+                 threads: int | None = None) -> None:
+        from fst.infer.onnx_cache import CachedGraphs
+
+        self.graphs = CachedGraphs(path, net, metadata, device=device, threads=threads)
+        self.metadata = metadata
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.note: str | None = None
+
+    def __call__(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) float32 on the CPU."""
+        if style is not None:
+            raise FstError("this model holds one style: it takes no style weights")
+        return self.graphs.run(batch)
+
+    def tiled(self, image: torch.Tensor, tile: int, overlap: int, stats_size: int) -> torch.Tensor:
+        """One image (1, 3, H, W) in tiles sharing the statistics of its downscaled whole (fst.infer.tiling)."""
+        from fst.infer.tiling import downscale_for_stats, tiled_forward_with
+
+        stats = self.graphs.stats(downscale_for_stats(image.float().cpu(), stats_size))
+        return tiled_forward_with(lambda x: self.graphs.run(x, stats), image.float().cpu(), tile, overlap)
+
+
+Backend = TorchBackend | OnnxBackend | CachedOnnxBackend
+
+
+def load_backend(spec: str | Path, device: str = "auto", precision: str = "auto", backend: str = "auto",
+                 compile: bool = False) -> tuple[Backend, Path]:
+    """Resolve ``spec`` and load it for inference with the engine ``backend`` chooses
+    (module docstring); returns (backend, model path)."""
+    if backend not in BACKENDS:
+        raise FstError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = resolve_model(spec)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     if path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise FstError(f"{path}: an ONNX graph runs in ONNX Runtime; --backend torch needs a .safetensors or .pth model")
         if precision not in ("auto", "fp32"):
             raise FstError(f"{path}: ONNX models run in fp32 only (got --precision {precision})")
         return OnnxBackend(path, dev), path
     net, meta = nets.load(path)
-    return TorchBackend(net, meta, dev, dtype), path
+    reason = _why_not_onnx(net, dev, dtype, compile)
+    if backend == "onnx" and reason:
+        raise FstError(f"{path}: --backend onnx cannot run it: {reason}")
+    if backend == "torch" or (backend == "auto" and reason):
+        loaded = TorchBackend(net, meta, dev, dtype, compile=compile)
+        if backend == "auto" and dev.type == "cpu":
+            loaded.note = f"running in PyTorch: {reason}"
+        return loaded, path
+    return CachedOnnxBackend(path, net, meta, dev), path
+
+
+def _why_not_onnx(net: torch.nn.Module, device: torch.device, dtype: torch.dtype, compile: bool) -> str | None:
+    """Why the cached ONNX graphs cannot (or, for ``auto``, should not) run this model here; None if they can."""
+    if getattr(getattr(net, "config", None), "num_styles", 0):
+        return "a multi-style model (its style input is not in the cached ONNX graphs)"
+    if dtype != torch.float32:
+        return f"the ONNX graphs run in fp32, not {str(dtype).replace('torch.', '')}"
+    if compile:
+        return "torch.compile was asked for"
+    if device.type != "cpu":
+        return f"on {device.type} PyTorch runs the model (ONNX Runtime is the CPU engine)"
+    return None

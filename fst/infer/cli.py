@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 Number = TypeVar("Number", int, float)
 MIN_TILE = 64
+# Encoded photos waiting for the writer thread: bounds the stylized images held in memory.
+MAX_PENDING_WRITES = 2
 
 
 def number(kind: type[Number], low: Number | None = None, high: Number | None = None) -> Callable[[str], Number]:
@@ -85,6 +87,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: fp16 on CUDA, fp32 elsewhere")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="auto: ONNX Runtime on the CPU (graphs cached in $FST_HOME/onnx), PyTorch elsewhere")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (PyTorch backend)")
     p.add_argument("--batch", type=number(int, low=1),
                    help=f"photos (equal sizes only) or video frames per forward pass "
                         f"(default: 1 photo, {DEFAULT_FRAME_BATCH} frames)")
@@ -133,6 +138,8 @@ class Runner:
         self.claimed: dict[Path, Path] = {}  # output -> the input that produced it in this run
         self.outcome = Outcome()
         self.warned_alpha = False
+        self.writer: ThreadPoolExecutor | None = None
+        self.writes: deque[tuple[Job, Path, Future]] = deque()
 
     def fail(self, message: str) -> None:
         self.outcome.failed += 1
@@ -184,23 +191,43 @@ class Runner:
             self.write(job, photo, dest, out)
 
     def write(self, job: Job, photo: Photo, dest: Path, out: torch.Tensor) -> None:
+        """Hand the encoding and writing of ``out`` to the writer thread: the next photo is
+        stylized meanwhile. Results are reported in order by :meth:`finish_writes`."""
         if photo.alpha is not None and not OUTPUT_FORMATS[dest.suffix.lower().lstrip(".")][1] and not self.warned_alpha:
             self.warned_alpha = True
             self.bar.write(f"note: {dest.suffix} cannot store transparency; alpha dropped (use --format png)", file=sys.stderr)
-        try:
-            write_photo(dest, out, photo.alpha, quality=self.args.quality, icc_profile=photo.icc_profile,
-                        exif=photo.exif, overwrite=self.args.overwrite)
-        except FstError as exc:
-            self.fail(f"{job.source}: {exc}")
-            return
-        except OSError as exc:
-            self.fail(f"{job.source}: cannot write {dest} ({exc.strerror or exc})")
-            return
-        self.outcome.written += 1
-        if not self.args.quiet:
-            self.bar.write(str(dest))
+        assert self.writer is not None, "write() runs inside run()"
+        future = self.writer.submit(write_photo, dest, out, photo.alpha, quality=self.args.quality,
+                                    icc_profile=photo.icc_profile, exif=photo.exif, overwrite=self.args.overwrite)
+        self.writes.append((job, dest, future))
+        self.finish_writes(keep=MAX_PENDING_WRITES)
+
+    def finish_writes(self, keep: int = 0) -> None:
+        """Report the writes that have finished, oldest first, waiting until at most ``keep`` are left."""
+        while self.writes and (len(self.writes) > keep or self.writes[0][2].done()):
+            job, dest, future = self.writes.popleft()
+            try:
+                future.result()
+            except FstError as exc:
+                self.fail(f"{job.source}: {exc}")
+                continue
+            except OSError as exc:
+                self.fail(f"{job.source}: cannot write {dest} ({exc.strerror or exc})")
+                continue
+            self.outcome.written += 1
+            if not self.args.quiet:
+                self.bar.write(str(dest))
 
     def run(self, jobs: list[Job]) -> None:
+        """Decode ahead (two threads), stylize in batches (this thread), encode and write behind (one thread)."""
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            self.writer = writer
+            try:
+                self._run_photos(jobs)
+            finally:
+                self.finish_writes()
+
+    def _run_photos(self, jobs: list[Job]) -> None:
         lookahead = max(2, 2 * self.args.batch)
         queue = iter(jobs)
         pending: deque[tuple[Job, Future]] = deque()
@@ -320,7 +347,8 @@ def _stylize_command(argv: list[str] | None) -> int:
     from fst.infer.stylizer import Stylizer
 
     try:
-        stylizer = Stylizer.load(args.model, device=args.device, precision=args.precision)
+        stylizer = Stylizer.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                                 compile=args.compile)
     except UsageError:
         raise
     except FstError as exc:
@@ -331,6 +359,8 @@ def _stylize_command(argv: list[str] | None) -> int:
         raise UsageError(str(exc)) from None
     if isinstance(args.tile, int) and not stylizer.backend.supports_tiling:
         raise UsageError(f"--tile needs a PyTorch model (.safetensors or .pth); {args.model} is ONNX")
+    if stylizer.backend.note and not args.quiet:
+        print(f"note: {stylizer.name}: {stylizer.backend.note}", file=sys.stderr)
 
     expansion = expand_inputs(args.inputs, recursive=args.recursive, exclude=args.output_dir)
     for message in expansion.failures:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from fst.errors import FstError
 from fst.images import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil, upright
-from fst.infer.backends import OnnxBackend, TorchBackend, load_backend
+from fst.infer.backends import Backend, CachedOnnxBackend, TorchBackend, load_backend
 from fst.infer.color import blend, preserve_color as luminance_transfer
 from fst.infer.styles import StyleChoice, style_weights, styles_in
 from fst.infer.tiling import tiled_forward
@@ -47,14 +47,19 @@ TileSpec = int | str | None
 class Stylizer:
     """A loaded style model plus the pre/post-processing around it."""
 
-    def __init__(self, backend: TorchBackend | OnnxBackend, name: str = "model") -> None:
+    def __init__(self, backend: Backend, name: str = "model") -> None:
         self.backend = backend
         self.name = name
 
     @classmethod
-    def load(cls, model: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
-        """Load a model by name (``checkpoints/`` or ``$FST_MODELS``) or path."""
-        backend, path = load_backend(model, device=device, precision=precision)
+    def load(cls, model: str | Path, device: str = "auto", precision: str = "auto", backend: str = "auto",
+             compile: bool = False) -> Stylizer:
+        """Load a model by name (``checkpoints/`` or ``$FST_MODELS``) or path.
+
+        ``backend``: ``auto`` (ONNX Runtime on the CPU, PyTorch elsewhere), ``torch`` or
+        ``onnx`` (fst.infer.backends); ``compile``: torch.compile the PyTorch network.
+        """
+        backend, path = load_backend(model, device=device, precision=precision, backend=backend, compile=compile)
         return cls(backend, name=path.name.rsplit(".", 1)[0])
 
     @property
@@ -227,8 +232,10 @@ class Stylizer:
     def _tiled(self, image: torch.Tensor, tile: int, overlap: int, stats_size: int,
                weights: torch.Tensor | None = None) -> torch.Tensor:
         backend = self.backend
-        assert isinstance(backend, TorchBackend)
         overlap = min(overlap, tile // 2) // 4 * 4  # more than half a tile only adds work
+        if isinstance(backend, CachedOnnxBackend):
+            return backend.tiled(image, tile, overlap, stats_size)
+        assert isinstance(backend, TorchBackend)
         with torch.inference_mode():
             return tiled_forward(
                 backend.net, image.to(backend.device, torch.float32), tile, overlap, stats_size=stats_size,

@@ -185,16 +185,23 @@ def tiled_forward(
     if image.shape[0] != 1:
         raise ValueError("tiled_forward takes one image at a time")
     run = run or net
-    height, width = image.shape[-2:]
-    tiles = tile_grid(height, width, tile, overlap)
     stats = record_norm_stats(net, downscale_for_stats(image, stats_size), run)
+    with fixed_norm_stats(net, stats):
+        return tiled_forward_with(run, image, tile, overlap)
+
+
+@torch.no_grad()
+def tiled_forward_with(
+    run_tile: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int, overlap: int
+) -> torch.Tensor:
+    """The tiles of one image (1, 3, H, W), each stylized by ``run_tile`` (which normalises
+    with the statistics of the whole image), blended into (1, 3, H, W) float32."""
+    height, width = image.shape[-2:]
     output = torch.zeros(1, 3, height, width, device=image.device)
     total = torch.zeros(1, 1, height, width, device=image.device)
-    with fixed_norm_stats(net, stats):
-        for t in tiles:
-            out = run(image[..., t.top : t.bottom, t.left : t.right]).float()
-            weight = blend_weights(t, height, width, overlap).to(image.device)
-            output[..., t.top : t.bottom, t.left : t.right] += out * weight
-            total[..., t.top : t.bottom, t.left : t.right] += weight
+    for t in tile_grid(height, width, tile, overlap):
+        out = run_tile(image[..., t.top : t.bottom, t.left : t.right]).float().to(image.device)
+        weight = blend_weights(t, height, width, overlap).to(image.device)
+        output[..., t.top : t.bottom, t.left : t.right] += out * weight
+        total[..., t.top : t.bottom, t.left : t.right] += weight
     return output / total
-
