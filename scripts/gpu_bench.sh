@@ -58,7 +58,7 @@ run)  # ~9 minutes: the headline figures, inference, a profile, the candidate ch
     train 75 --size 256 --batch 64 --iters 100 --warmup 10                       # trainer defaults: bf16, channels_last, eager
     train 200 --size 256 --batch 64 --iters 100 --warmup 3 --compile             # + torch.compile of net and loss VGG
     train 75 --size 512 --batch 16 --iters 60 --warmup 5
-    timeout 120 "$PY" scripts/bench_infer.py --device cuda --json "$OUT/infer.json" 2>&1 | tee "$OUT/infer.log"
+    timeout 300 "$PY" scripts/bench_infer.py --device cuda --no-process --json "$OUT/infer.json" 2>&1 | tee "$OUT/infer.log"
     train 60 --size 256 --batch 64 --iters 30 --warmup 5 --profile --profile-steps 3
     train 60 --size 256 --batch 64 --iters 100 --warmup 10 --experiment gram_nhwc --experiment fused_adam
     ;;
