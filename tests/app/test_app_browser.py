@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from _app_helpers import multi_style_model
+from _app_fixtures import *  # noqa: F401,F403 - the app fixtures (a second conftest.py would shadow tests/conftest.py)
 
 TRAIN_TIMEOUT_MS = 240_000
 PAGE_TIMEOUT_MS = 60_000

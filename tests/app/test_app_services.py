@@ -18,6 +18,7 @@ from _app_helpers import multi_style_model, real_cache_dir
 from fst.app.store import AppData, check_model_name, safe_stem, unique_path
 from fst.app.stylizing import Limits, ModelCache, Options, read_photo, stylize_uploads, target_size
 from fst.errors import FstError
+from _app_fixtures import *  # noqa: F401,F403 - the app fixtures (a second conftest.py would shadow tests/conftest.py)
 
 
 @pytest.fixture
