@@ -3,6 +3,10 @@ against a peer network and Gatys optimisation.
 
     fst quality MODEL PHOTOS [--painting PATH] [--peer auto|on|off] [--size 256]
         [--steps 50 100 300 | --steps 0 | --no-gatys] [--max-photos N] [--out DIR]
+        [--style NAME]
+
+A multi-style model is measured one style at a time: --style NAME picks the style (its
+painting: --painting, else the bundled painting of that name).
 
 MODEL is a model file or the name of a bundled or installed model. Every photo under
 PHOTOS (searched recursively, sorted) is resized to 384 px on its long side and stylized
@@ -122,6 +126,8 @@ def style_image_for(model: Path, spec: dict[str, Any], style_name: str, args: ar
     else the bundled painting called ``style_name``."""
     if args.style_image:
         candidates = [Path(args.style_image)]
+    elif getattr(args, "style", None):  # one style of a multi-style model: the loss config names another painting
+        candidates = [bundled_style(style_name)]
     else:
         recorded = spec.get("style_image")
         candidates = [*([Path(recorded).expanduser()] if recorded else []), bundled_style(style_name)]
@@ -150,9 +156,12 @@ def loss_config(model: Path, meta: dict[str, Any]) -> dict[str, Any]:
 def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> tuple[PerceptualLoss, dict[str, Any]]:
     """The model's training loss (its recorded config, instantiated) and a record of how it was rebuilt."""
     spec = loss_config(model, meta)
-    style_name = meta.get("style_name") or model.stem
+    style_name = getattr(args, "style", None) or meta.get("style_name") or model.stem
     style_image = style_image_for(model, spec, style_name, args)
-    recorded = meta.get("style_sha256")
+    if getattr(args, "style", None):
+        recorded = (meta.get("style_sha256s") or {}).get(style_name)
+    else:
+        recorded = meta.get("style_sha256")
     actual = file_sha256(style_image)
     if recorded is None:
         warn(f"{model}: no style_sha256 in its metadata; cannot check that {style_image} is the training painting")
@@ -170,7 +179,8 @@ def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> t
     # Files written before the palette and stability terms existed trained without them.
     config = {**{k: spec[k] for k in LOSS_KEYS}, "_target_": LOSS_TARGET, "style_image": str(style_image),
               "style_size": style_size, "vgg_weights": vgg, "palette_weight": spec.get("palette_weight", 0.0),
-              "stability_weight": spec.get("stability_weight", 0.0)}
+              "stability_weight": spec.get("stability_weight", 0.0),
+              "adversarial_weight": spec.get("adversarial_weight", 0.0)}
     loss: PerceptualLoss = instantiate(config)
     record = {"style_name": style_name, "style_image": str(style_image), "style_sha256": actual,
               "style_sha256_matches": None if recorded is None else recorded == actual,
@@ -250,17 +260,17 @@ def evaluate(stylizer: Stylizer, loss: PerceptualLoss, photos: list[HeldOutPhoto
     rows: list[dict[str, Any]] = []
     images: dict[str, dict[str, Image.Image]] = {}
     # Warm-up, so that the first photo's timing is not an outlier.
-    stylizer(photos[0].measured)
+    stylizer(photos[0].measured, style=args.style)
     if peer is not None:
         run_peer(peer, photos[0].measured, painting_path, photos[0].name)
     for item in photos:
         name, photo = item.name, item.tensor.to(device)
         # What users get: the PIL forward pass of `fst stylize`, at the measures' size.
         start = time.perf_counter()
-        fst_image = stylizer(item.measured, size=MEASURE_SIDE)
+        fst_image = stylizer(item.measured, size=MEASURE_SIDE, style=args.style)
         fst_wall = time.perf_counter() - start
         # The training loss sees the model's own output at --size (clamped, as delivered).
-        fst_terms = loss_terms(loss, stylizer.stylize_batch(photo, tile=None).clone(), photo)
+        fst_terms = loss_terms(loss, stylizer.stylize_batch(photo, tile=None, style=args.style).clone(), photo)
         fst_row = _row(name, "fst", fst_terms, fst_wall, measure(fst_image, item.measured, painting))
         rows.append(fst_row)
         images[name] = {"photo": item.measured, "fst": fst_image}
@@ -511,7 +521,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a model file (.safetensors) or the name of a bundled or installed model")
     parser.add_argument("photos_dir", type=Path, help="held-out photos (searched recursively, sorted)")
-    parser.add_argument("--out", type=Path, help="output folder (default: quality/<style_name>/)")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: quality/<style_name>/, quality/<model>-<style>/ with --style)")
     parser.add_argument("--painting", "--style-image", dest="style_image", metavar="PATH",
                         help="the painting (default: the one the model's loss config names, else the bundled "
                         "<style_name> painting; sha256-checked against the training painting)")
@@ -535,6 +546,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vgg", help="override the VGG16 read from the metadata: caffe | torchvision | PATH")
     parser.add_argument("--parametrisation", choices=PARAMETRISATIONS, default="clamp",
                         help="how Gatys keeps pixels in [0, 1] (see fst/research/gatys.py; default clamp)")
+    parser.add_argument("--style", help="for a multi-style model: the style to measure (see fst-infer --list-models)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] | mps (default cpu)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="precision of the model's forward pass (default fp32)")
@@ -562,16 +574,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.peer == "on" and not peer_available():
         raise FstError(f"--peer on: {PEER_MISSING}")  # before the minutes of work it would spoil
     stylizer, path, meta = load_stylizer(args.model, args.device, args.precision)
+    if stylizer.styles and not args.style:
+        raise FstError(f"{path}: a multi-style model; pass --style NAME (one of {', '.join(stylizer.styles)})")
+    if args.style and not stylizer.styles:
+        raise FstError(f"--style {args.style}: {path} is a single-style model")
+    if args.style:
+        stylizer.style_weights(args.style)  # an unknown name fails here, naming the valid styles
     loss, loss_record = build_loss(path, meta, args)
     loss = loss.to(stylizer.device)
     photos = load_photos(args.photos_dir, args.size, args.max_photos)
     peer = load_peer(args.peer)
     painting_path = Path(loss_record["style_image"])
     painting = at_measure_size(open_rgb(painting_path))
-    out = args.out or Path("quality") / loss_record["style_name"]
+    default_out = f"{path.name.split('.')[0]}-{args.style}" if args.style else loss_record["style_name"]
+    out = args.out or Path("quality") / default_out
     rows, images = evaluate(stylizer, loss, photos, painting, painting_path, peer, args)
     means = method_means(rows)
-    summary = {"model": str(path), "model_steps": meta.get("steps"), "photos_dir": str(args.photos_dir),
+    summary = {"model": str(path), "style": args.style, "model_steps": meta.get("steps"),
+               "photos_dir": str(args.photos_dir),
                "photos": [p.name for p in photos], "size": args.size, "measure_side": MEASURE_SIDE,
                "steps": args.steps, "parametrisation": args.parametrisation,
                "peer": PEER_NAME if peer is not None else None, "loss": loss_record, "means": means,

@@ -372,3 +372,52 @@ def test_verdict_follows_from_the_means() -> None:
     v = quality_report.verdict({"fst": bad, "gatys@100": {**peer, "total": 3.0}}, 100)
     assert list(v["checks"]) == ["contrast", "structure"] and v["passed"] is False and v["peer"] is False
     assert v["met"] is True and v["ratio"] == pytest.approx(2.1 / 3.0)
+
+
+def test_a_multi_style_model_is_measured_one_style_at_a_time(tmp_path: Path, photos: Path, loss: PerceptualLoss,
+                                                             capsys) -> None:
+    """--style picks the style: its output, its bundled painting and that painting's training loss."""
+    from fst.fsutil import file_sha256
+    from fst.nets.conditional_norm import style_tables
+    from fst.resources import bundled_style
+
+    torch.manual_seed(0)
+    styles = ["the_wave", "udnie"]
+    net = TransformerNet(TransformerNetConfig(width=8, num_residual=1, num_styles=len(styles)))
+    with torch.no_grad():
+        for table in style_tables(net).values():
+            table.add_(0.6 * torch.randn_like(table))
+    meta = module_metadata(SimpleNamespace(loss=loss, style_name="multistyle"), steps=3)
+    meta.update(styles=styles, style_sha256s={s: file_sha256(bundled_style(s)) for s in styles})
+    model = save_model(net, tmp_path / "two.safetensors", meta)
+    argv = [str(model), str(photos), "--size", str(PHOTO_SIZE), "--steps", "0", "--peer", "off",
+            "--sheet-size", str(PHOTO_SIZE)]
+
+    summaries = {}
+    for style in styles:
+        out = tmp_path / style
+        assert run_command(quality_report.main, [*argv, "--style", style, "--out", str(out)]) == 0
+        summaries[style] = json.loads((out / "summary.json").read_text())
+        record = summaries[style]["loss"]
+        assert record["style_name"] == style and Path(record["style_image"]) == bundled_style(style)
+        assert record["style_sha256_matches"] is True
+        # the measures are those of this style's output
+        name = sorted(p.name for p in photos.iterdir())[0]
+        photo = resize_long_side(open_rgb(photos / name), MEASURE_SIDE)
+        from fst.infer import Stylizer
+
+        output = Stylizer.load(model, backend="torch")(photo, size=MEASURE_SIDE, style=style)
+        painting = quality_report.at_measure_size(open_rgb(bundled_style(style)))
+        expected = measure(output, photo, painting)
+        row = next(r for r in summaries[style]["per_photo"] if r["photo"] == name and r["method"] == "fst")
+        for key in ("contrast", "colour", "structure", "blobs"):
+            assert row[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), (style, key)
+    assert summaries["the_wave"]["means"]["fst"]["colour"] != summaries["udnie"]["means"]["fst"]["colour"]
+
+    capsys.readouterr()
+    assert run_command(quality_report.main, [*argv, "--out", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "--style" in err and "the_wave, udnie" in err and len(err.strip().splitlines()) == 1
+    assert run_command(quality_report.main, [*argv, "--style", "starry", "--out", str(tmp_path / "bad")]) == 1
+    assert "the_wave" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "bad").exists()
