@@ -154,6 +154,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
     callbacks = [*_instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    check_trainer = getattr(module, "check_trainer", None)
+    if check_trainer is not None:  # one line naming the key, before Lightning's own traceback
+        check_trainer(trainer)
 
     if getattr(datamodule, "resumes_mid_epoch", False) and trainer.world_size == 1:
         # It keeps its data position in checkpoints itself (FolderDataModule.state_dict).
