@@ -421,3 +421,26 @@ def test_a_multi_style_model_is_measured_one_style_at_a_time(tmp_path: Path, pho
     assert run_command(quality_report.main, [*argv, "--style", "starry", "--out", str(tmp_path / "bad")]) == 1
     assert "the_wave" in capsys.readouterr().err
     assert not (tmp_path / "none").exists() and not (tmp_path / "bad").exists()
+
+
+def test_network_terms_are_left_out_of_an_image_s_loss(tmp_path: Path, photos: Path, loss: PerceptualLoss) -> None:
+    """A model trained with the stability and adversarial terms is reported under its image loss
+    (content, style, TV, palette): those two terms judge a network, not an image."""
+    trained_with = PerceptualLoss(STYLE, STYLE_SIZE, content_layers=["relu2_2"],
+                                  style_layers={"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 0.3},
+                                  content_weight=1.0, style_weight=10.0, tv_weight=10.0, palette_weight=0.0,
+                                  stability_weight=1.0, adversarial_weight=0.5, vgg_weights="caffe")
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerNetConfig(width=8, num_residual=1))
+    path = save_model(net, tmp_path / "stable.safetensors",
+                      module_metadata(SimpleNamespace(loss=trained_with, style_name="the_wave"), steps=3))
+    out = tmp_path / "report"
+    assert run_command(quality_report.main, [str(path), str(photos), "--out", str(out), "--size", str(PHOTO_SIZE),
+                                             "--steps", "0", "--peer", "off", "--sheet-size", str(PHOTO_SIZE)]) == 0
+    rows = json.loads((out / "summary.json").read_text())["per_photo"]
+    name = sorted(p.name for p in photos.iterdir())[0]
+    photo = pil_to_tensor(resize_long_side(open_rgb(photos / name), PHOTO_SIZE)).unsqueeze(0)
+    with torch.no_grad():
+        expected = loss(net(photo).clamp(0, 1), photo)  # the same weights without the network terms
+    row = next(r for r in rows if r["photo"] == name and r["method"] == "fst")
+    assert row["total"] == pytest.approx(float(expected["total"]), rel=SAME_LOSS_RTOL)
