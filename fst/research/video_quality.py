@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = []
     stylizer = None
+    # Each model by its file's stem, or as given where stems repeat (every run's export is model.safetensors).
+    stems = [Path(spec).name.split(".")[0] for spec in args.models]
+    labels = {spec: stem if stems.count(stem) == 1 else spec for spec, stem in zip(args.models, stems)}
     for spec in args.models:
         stylizer = Stylizer.load(spec, device=args.device, precision=args.precision)
         net = stylizer_net(stylizer)
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 row = measure_clip(net, clip, size=args.size or None, max_frames=args.max_frames, every=args.every,
                                    noise_std=args.noise, seed=args.seed)
-            rows.append({"model": stylizer.name, "clip": clip.name, **row, "wall_s": time.perf_counter() - started})
+            rows.append({"model": labels[spec], "clip": clip.name, **row, "wall_s": time.perf_counter() - started})
             print(" ".join(f"{c}={_cell(rows[-1][c])}" for c in COLUMNS), flush=True)
     if args.out:
         assert stylizer is not None

@@ -281,3 +281,15 @@ def test_expected_frames_for_the_progress_bar(clip) -> None:
     assert expected_frames(probe(clip)) == FRAMES
     assert expected_frames(ClipInfo(720, 405, Fraction(25), None, 7.6, 0)) == 190  # MPEG-1: no count recorded
     assert expected_frames(ClipInfo(720, 405, Fraction(25), None, None, 0)) is None
+
+
+def test_quality_video_labels_models_whose_files_share_a_name_by_path(model, clip, tmp_path, capsys) -> None:
+    copies = []
+    for run in ("run_a", "run_b"):
+        (tmp_path / run).mkdir()
+        copies.append(tmp_path / run / "model.safetensors")
+        copies[-1].write_bytes(model.read_bytes())
+    argv = ["--video", str(clip), "--size", "32", "--every", "6", "--max-frames", "4"]
+    assert quality_main([*argv, "-m", str(model), "-m", str(copies[0]), "-m", str(copies[1])]) == 0
+    labels = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()[-3:]]
+    assert labels == ["model=tiny", f"model={copies[0]}", f"model={copies[1]}"]
