@@ -126,7 +126,7 @@ def style_image_for(model: Path, spec: dict[str, Any], style_name: str, args: ar
     else the bundled painting called ``style_name``."""
     if args.style_image:
         candidates = [Path(args.style_image)]
-    elif getattr(args, "style", None):  # one style of a multi-style model: the loss config names another painting
+    elif args.style:  # one style of a multi-style model: the loss config names another painting
         candidates = [bundled_style(style_name)]
     else:
         recorded = spec.get("style_image")
@@ -156,9 +156,9 @@ def loss_config(model: Path, meta: dict[str, Any]) -> dict[str, Any]:
 def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> tuple[PerceptualLoss, dict[str, Any]]:
     """The model's training loss (its recorded config, instantiated) and a record of how it was rebuilt."""
     spec = loss_config(model, meta)
-    style_name = getattr(args, "style", None) or meta.get("style_name") or model.stem
+    style_name = args.style or meta.get("style_name") or model.stem
     style_image = style_image_for(model, spec, style_name, args)
-    if getattr(args, "style", None):
+    if args.style:
         recorded = (meta.get("style_sha256s") or {}).get(style_name)
     else:
         recorded = meta.get("style_sha256")
@@ -576,19 +576,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.peer == "on" and not peer_available():
         raise FstError(f"--peer on: {PEER_MISSING}")  # before the minutes of work it would spoil
     stylizer, path, meta = load_stylizer(args.model, args.device, args.precision)
-    if stylizer.styles and not args.style:
-        raise FstError(f"{path}: a multi-style model; pass --style NAME (one of {', '.join(stylizer.styles)})")
-    if args.style and not stylizer.styles:
-        raise FstError(f"--style {args.style}: {path} is a single-style model")
-    if args.style:
-        stylizer.style_weights(args.style)  # an unknown name fails here, naming the valid styles
+    # A multi-style model without --style, an unknown style, or --style on a single-style model:
+    # one error naming the valid styles, before the loss network is loaded.
+    stylizer.style_weights(args.style)
     loss, loss_record = build_loss(path, meta, args)
     loss = loss.to(stylizer.device)
     photos = load_photos(args.photos_dir, args.size, args.max_photos)
     peer = load_peer(args.peer)
     painting_path = Path(loss_record["style_image"])
     painting = at_measure_size(open_rgb(painting_path))
-    default_out = f"{path.name.split('.')[0]}-{args.style}" if args.style else loss_record["style_name"]
+    default_out = f"{stylizer.name}-{args.style}" if args.style else loss_record["style_name"]
     out = args.out or Path("quality") / default_out
     rows, images = evaluate(stylizer, loss, photos, painting, painting_path, peer, args)
     means = method_means(rows)

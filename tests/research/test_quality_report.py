@@ -375,7 +375,7 @@ def test_verdict_follows_from_the_means() -> None:
 
 
 def test_a_multi_style_model_is_measured_one_style_at_a_time(tmp_path: Path, photos: Path, loss: PerceptualLoss,
-                                                             capsys) -> None:
+                                                             model_path: Path, capsys) -> None:
     """--style picks the style: its output, its bundled painting and that painting's training loss."""
     from fst.fsutil import file_sha256
     from fst.nets.conditional_norm import style_tables
@@ -420,7 +420,11 @@ def test_a_multi_style_model_is_measured_one_style_at_a_time(tmp_path: Path, pho
     assert "--style" in err and "the_wave, udnie" in err and len(err.strip().splitlines()) == 1
     assert run_command(quality_report.main, [*argv, "--style", "starry", "--out", str(tmp_path / "bad")]) == 1
     assert "the_wave" in capsys.readouterr().err
+    single = [str(model_path), *argv[1:], "--style", "the_wave", "--out", str(tmp_path / "single")]
+    assert run_command(quality_report.main, single) == 1
+    assert "holds one style" in capsys.readouterr().err
     assert not (tmp_path / "none").exists() and not (tmp_path / "bad").exists()
+    assert not (tmp_path / "single").exists()
 
 
 def test_network_terms_are_left_out_of_an_image_s_loss(tmp_path: Path, photos: Path, loss: PerceptualLoss) -> None:
