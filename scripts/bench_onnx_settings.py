@@ -21,7 +21,8 @@ Settings (each differs from ``fst`` in one respect, except ``ort defaults``):
 * ``1 thread``: one intra-op thread (fst: ``--threads``);
 * ``ort defaults``: a bare ``InferenceSession`` (ONNX Runtime picks everything).
 
-Reported per setting: the session's creation time (graph optimisation happens there: it is
+Printed first: the graph's node types as exported and after ONNX Runtime's basic and full
+optimisation (what it folded and fused). Reported per setting: the session's creation time (graph optimisation happens there: it is
 paid once per process by every fst-infer run), and per size the best and median time over
 the rounds, its ratio to ``fst``, and the worker's peak resident memory after that size's
 first run (sizes run smallest first) and its rise over the worker before the session was
@@ -141,6 +142,27 @@ def export_plain_graph(model: str, home: Path) -> Path:
     return graphs[0]
 
 
+def op_counts(graph: Path, level: str | None, tmp: Path) -> dict[str, int]:
+    """Node types of ``graph`` as exported (``level`` None) or as ONNX Runtime rewrote it at
+    ``level``: which convolutions, norms and activations it fused."""
+    import onnx
+    import onnxruntime as ort
+
+    path = graph
+    if level is not None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.optimized_model_filepath = str(tmp / f"{level}.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        path = tmp / f"{level}.onnx"
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def machine_line(threads: int) -> str:
     import onnxruntime
 
@@ -181,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         graph = export_plain_graph(args.model, tmp_path / "home")
         print(f"graph: {graph.name} of {args.model}, exported and checked in {time.perf_counter() - start:.1f} s")
+        ops = {"exported": op_counts(graph, None, tmp_path),
+               **{level: op_counts(graph, level, tmp_path) for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_ALL")}}
+        for stage, counts in ops.items():
+            print(f"nodes, {stage}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         outputs = tmp_path / "outputs"
         outputs.mkdir()
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "BENCH_OUTPUTS": str(outputs),
@@ -215,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         diff = max(r["max_abs_vs_fst"] for r in results[s]["sizes"].values())
         print(f"| {s} | {results[s]['create_s']:.2f} | " + " | ".join(cells) + f" | {diff:.1e} |")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine_line(args.threads), "results": results}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine_line(args.threads), "nodes": ops, "results": results}, indent=1))
     return 0
 
 
