@@ -22,7 +22,7 @@ from fst.loss.multistyle import MultiStyleLoss
 from fst.nets import load
 from fst.nets.conditional_norm import style_tables
 from fst.nets.model_file import read_metadata
-from fst.resources import STYLES_DIR
+from fst.resources import BUNDLED_MODELS_DIR, STYLES_DIR
 from fst.train.add_style import add_style
 from fst.train.multistyle import MultiStyleModule, balanced_styles, resolve_styles
 from fst.train.run import train
@@ -194,6 +194,19 @@ def test_add_style_trains_only_the_new_row(tiny_gallery: Path, photo_dir: Path, 
     with pytest.raises(FstError, match="missing.jpg: no such file"):
         add_style(tiny_gallery, tmp_path / "missing.jpg", "other", tmp_path / "y.safetensors", steps=1)
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
+def test_a_seventh_style_leaves_the_shipped_gallerys_six_unchanged(photo_dir: Path, tmp_path: Path) -> None:
+    gallery = BUNDLED_MODELS_DIR / "gallery.safetensors"
+    out = add_style(gallery, STYLES_DIR / "udnie.jpg", "udnie_again", tmp_path / "seven.safetensors", steps=1,
+                    batch_size=1, crop=32, style_size=64, photos=photo_dir, progress=False)
+    before, meta = load(gallery)
+    after, new_meta = load(out)
+    assert after.config.num_styles == 7 and new_meta["styles"] == [*meta["styles"], "udnie_again"]
+    tables = style_tables(before)
+    new_state = after.state_dict()
+    for key, value in before.state_dict().items():
+        assert torch.equal(new_state[key][:6] if key in tables else new_state[key], value), key
 
 
 def test_add_style_refuses_a_single_style_model(tmp_path: Path) -> None:
