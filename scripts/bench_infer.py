@@ -172,10 +172,10 @@ def worker(name: str, model: str, small_model: str, threads: int, device: str) -
 
 
 class Worker:
-    def __init__(self, name: str, args: argparse.Namespace, env: dict[str, str]) -> None:
-        self.name = name
-        cmd = [sys.executable, __file__, "--worker", name, "--threads", str(args.threads), "--model", args.model,
-               "--small-model", args.small_model, "--device", args.device]
+    """A worker process (``cmd``) answering one JSON line per request: its first line (``hello``)
+    when ready, ``{"error": ...}`` if it exited. Also used by scripts/bench_onnx_settings.py."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.hello = self._read()
 
@@ -229,7 +229,8 @@ def bench_latency(args: argparse.Namespace, home: Path, outputs: Path) -> dict[s
     workers: dict[str, Worker] = {}
     skipped: dict[str, str] = {}
     for name in CANDIDATES:
-        w = Worker(name, args, env)
+        w = Worker([sys.executable, __file__, "--worker", name, "--threads", str(args.threads), "--model", args.model,
+                    "--small-model", args.small_model, "--device", args.device], env)
         if "error" in w.hello:
             skipped[name] = w.hello["error"]
             w.close()

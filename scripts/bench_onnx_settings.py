@@ -37,24 +37,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_infer import Worker, _rss_mb, machine_line  # this script's folder is on sys.path
+
 BASE = "fst"
 SETTINGS = ("fst", "level disable", "level basic", "level extended", "ort memory", "no spinning", "1 thread",
             "ort defaults")
 LEVELS = {"level disable": "ORT_DISABLE_ALL", "level basic": "ORT_ENABLE_BASIC", "level extended": "ORT_ENABLE_EXTENDED"}
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _options(setting: str, threads: int) -> Any:
@@ -109,28 +104,6 @@ def worker(setting: str, graph: str, threads: int) -> int:
     return 0
 
 
-class Worker:
-    def __init__(self, setting: str, graph: Path, threads: int, env: dict[str, str]) -> None:
-        cmd = [sys.executable, __file__, "--worker", setting, "--graph", str(graph), "--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.hello = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker exited with status {self.proc.wait()}")
-        return json.loads(line)
-
-    def ask(self, size: tuple[int, int]) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"size": size}) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
 def export_plain_graph(model: str, home: Path) -> Path:
     """The model's ``plain`` graph for sides that are multiples of 4, exported by fst-infer's own code."""
     import torch
@@ -164,20 +137,6 @@ def op_counts(graph: Path, level: str | None, tmp: Path) -> dict[str, int]:
         name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def machine_line(threads: int) -> str:
-    import onnxruntime
-
-    cpu = platform.machine()
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    isa = "AVX-512" if " avx512f" in text else ("AVX2" if " avx2" in text else "no AVX2")
-    return (f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}, {isa}), Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}; {threads} threads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         outputs.mkdir()
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "BENCH_OUTPUTS": str(outputs),
                "PYTHONWARNINGS": "ignore"}
-        workers = {s: Worker(s, graph, args.threads, env) for s in args.settings}
+        workers = {s: Worker([sys.executable, __file__, "--worker", s, "--graph", str(graph), "--threads",
+                              str(args.threads)], env) for s in args.settings}
+        failed = {s: w.hello["error"] for s, w in workers.items() if "error" in w.hello}
+        if failed:
+            raise SystemExit(f"worker failed: {failed}")
         results: dict[str, Any] = {s: {"create_s": w.hello["create_s"], "idle_rss_mb": w.hello["idle_rss_mb"], "sizes": {}} for s, w in workers.items()}
         for s, w in workers.items():
             for hw in sizes:
