@@ -37,6 +37,12 @@ Number = TypeVar("Number", int, float)
 MIN_TILE = 64
 # Encoded photos waiting for the writer thread: bounds the stylized images held in memory.
 MAX_PENDING_WRITES = 2
+# Photos stylized at once by ``--jobs auto`` when ONNX Runtime runs the model on the CPU, the
+# threads split between them: two photos on one thread each took 0.80-0.86x the time of one
+# photo at a time on both threads of the 2-core machine (BENCHMARKS.md), as the runtime's
+# single-threaded steps (padding, layout changes, norms) then overlap. Each holds its own
+# activations, so more at once would mostly cost memory.
+AUTO_PHOTO_JOBS = 2
 
 
 def number(kind: type[Number], low: Number | None = None, high: Number | None = None) -> Callable[[str], Number]:
@@ -73,6 +79,15 @@ def _tile_arg(value: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"expected auto, off or a tile size >= {MIN_TILE} pixels, got {value!r}") from None
 
 
+def _jobs_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return number(int, low=1)(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of photos >= 1, got {value!r}") from None
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="fst-infer",
@@ -93,6 +108,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch", type=number(int, low=1),
                    help=f"photos (equal sizes only) or video frames per forward pass "
                         f"(default: 1 photo, {DEFAULT_FRAME_BATCH} frames)")
+    p.add_argument("--jobs", type=_jobs_arg, default="auto",
+                   help=f"photos (batches) stylized at once, the CPU threads split between them; auto: "
+                        f"{AUTO_PHOTO_JOBS} when ONNX Runtime runs the model on the CPU, else 1 (default)")
     p.add_argument("--tile", type=_tile_arg, default="auto",
                    help="tile edge in pixels for big images, 'off', or 'auto' (tiles above 4 MP; default)")
     p.add_argument("--overlap", type=number(int, low=0), default=128, help="tile overlap in pixels (default: 128)")
@@ -140,6 +158,9 @@ class Runner:
         self.warned_alpha = False
         self.writer: ThreadPoolExecutor | None = None
         self.writes: deque[tuple[Job, Path, Future]] = deque()
+        self.jobs = 1  # batches stylized at once (photo_jobs)
+        self.stylizers: ThreadPoolExecutor | None = None
+        self.stylizing: deque[tuple[list[tuple[Job, Photo, Path]], Future]] = deque()
 
     def fail(self, message: str) -> None:
         self.outcome.failed += 1
@@ -172,23 +193,27 @@ class Runner:
         self.claimed[key] = job.source
         return dest
 
-    def run_batch(self, items: list[tuple[Job, Photo, Path]]) -> None:
+    def stylize(self, items: list[tuple[Job, Photo, Path]]) -> list[torch.Tensor | Exception]:
+        """Each photo's stylized image, or the exception that stopped it. Runs beside other
+        batches when ``--jobs`` > 1, so it leaves reporting and writing to :meth:`finish_batch`."""
         a = self.args
         options = dict(tile=a.tile, overlap=a.overlap, preserve_color=a.preserve_color, strength=a.strength,
                        style=a.style)
         try:
-            outs = self.stylizer.stylize_many([p.rgb for _, p, _ in items], batch_size=a.batch, **options)
+            return self.stylizer.stylize_many([p.rgb for _, p, _ in items], batch_size=a.batch, **options)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: name the photo, go on
-            if len(items) > 1:  # find out which photo it was
-                for item in items:
-                    self.run_batch([item])
-                return
-            job, _, dest = items[0]
-            self.claimed.pop(dest.resolve(), None)
-            self.fail(f"{job.source}: stylization failed ({_first_line(exc)})")
-            return
+            if len(items) == 1:
+                return [exc]
+            return [out for item in items for out in self.stylize([item])]  # find out which photo it was
+
+    def finish_batch(self, items: list[tuple[Job, Photo, Path]], outs: list[torch.Tensor | Exception]) -> None:
         for (job, photo, dest), out in zip(items, outs):
-            self.write(job, photo, dest, out)
+            if isinstance(out, Exception):
+                self.claimed.pop(dest.resolve(), None)
+                self.fail(f"{job.source}: stylization failed ({_first_line(out)})")
+            else:
+                self.write(job, photo, dest, out)
+        self.bar.update(len(items))
 
     def write(self, job: Job, photo: Photo, dest: Path, out: torch.Tensor) -> None:
         """Hand the encoding and writing of ``out`` to the writer thread: the next photo is
@@ -219,16 +244,21 @@ class Runner:
                 self.bar.write(str(dest))
 
     def run(self, jobs: list[Job]) -> None:
-        """Decode ahead (two threads), stylize in batches (this thread), encode and write behind (one thread)."""
-        with ThreadPoolExecutor(max_workers=1) as writer:
+        """Decode ahead (two threads), stylize in batches (this thread, or ``self.jobs`` threads),
+        encode and write behind (one thread); photos are reported and written in input order."""
+        with ThreadPoolExecutor(max_workers=1) as writer, ThreadPoolExecutor(max_workers=self.jobs) as stylizers:
             self.writer = writer
+            self.stylizers = stylizers
             try:
                 self._run_photos(jobs)
+                self.finish_stylizing()
             finally:
+                for _, future in self.stylizing:
+                    future.cancel()
                 self.finish_writes()
 
     def _run_photos(self, jobs: list[Job]) -> None:
-        lookahead = max(2, 2 * self.args.batch)
+        lookahead = max(2, 2 * self.args.batch * self.jobs)
         queue = iter(jobs)
         pending: deque[tuple[Job, Future]] = deque()
         ready: list[tuple[Job, Photo, Path]] = []
@@ -263,9 +293,20 @@ class Runner:
         self.flush(ready)
 
     def flush(self, items: list[tuple[Job, Photo, Path]]) -> None:
-        if items:
-            self.run_batch(items)
-            self.bar.update(len(items))
+        if not items:
+            return
+        if self.jobs == 1:
+            self.finish_batch(items, self.stylize(items))
+            return
+        assert self.stylizers is not None, "flush() runs inside run()"
+        self.stylizing.append((items, self.stylizers.submit(self.stylize, items)))
+        self.finish_stylizing(keep=self.jobs - 1)
+
+    def finish_stylizing(self, keep: int = 0) -> None:
+        """Report and write the batches stylized so far, oldest first, until at most ``keep`` are running."""
+        while len(self.stylizing) > keep:
+            items, future = self.stylizing.popleft()
+            self.finish_batch(items, future.result())
 
     def run_videos(self, jobs: list[Job], frame_batch: int) -> None:
         """Each clip streamed through the model into its own file, with a frames-per-second bar."""
@@ -311,6 +352,20 @@ class Runner:
                 self.bar.write(f"{dest}  ({result.frames} frames, {float(result.fps):g} fps, "
                                f"{result.width}x{result.height}, {result.wall_s:.1f} s, "
                                f"{result.frames_per_s:.1f} frames/s)")
+
+
+def photo_jobs(jobs: int | str, stylizer: Stylizer, photos: int) -> int:
+    """How many batches to stylize at once (``--jobs``), with the CPU threads split between them."""
+    from fst.infer.backends import CachedOnnxBackend
+
+    backend = stylizer.backend
+    on_cpu_runtime = isinstance(backend, CachedOnnxBackend) and backend.device.type == "cpu"
+    if jobs == "auto":
+        jobs = AUTO_PHOTO_JOBS if on_cpu_runtime and torch.get_num_threads() > 1 else 1
+    jobs = max(1, min(int(jobs), photos))
+    if jobs > 1 and on_cpu_runtime:
+        backend.use_threads(max(1, torch.get_num_threads() // jobs))
+    return jobs
 
 
 def _first_line(exc: BaseException) -> str:
@@ -373,6 +428,7 @@ def _stylize_command(argv: list[str] | None) -> int:
     bar = tqdm(total=len(photos), unit="photo", file=sys.stderr,
                disable=True if args.no_progress or (clips and not photos) else None, dynamic_ncols=True)
     runner = Runner(args, stylizer, inputs, bar)
+    runner.jobs = photo_jobs(args.jobs, stylizer, len(photos))
     try:
         runner.run(photos)
         runner.run_videos(clips, frame_batch)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -236,6 +237,7 @@ class CachedGraphs:
         self.folder = Path(folder) if folder is not None else cache_dir()
         self.sha256 = file_sha256(self.model_path)
         self._sessions: dict[tuple[str, str], Any] = {}
+        self._sessions_lock = threading.Lock()  # photos stylized at once share one session per graph
         self.rebuilt: list[Path] = []  # graphs found unusable on disk and made again (for reporting and tests)
 
     def key(self, kind: str, sizes: str) -> dict[str, Any]:
@@ -248,9 +250,17 @@ class CachedGraphs:
 
     def session(self, kind: str, sizes: str) -> Any:
         """The session for ``kind`` and ``sizes``: from the cache, or exported, checked and cached."""
-        if (kind, sizes) not in self._sessions:
-            self._sessions[kind, sizes] = self._load_or_build(kind, sizes)
-        return self._sessions[kind, sizes]
+        with self._sessions_lock:
+            if (kind, sizes) not in self._sessions:
+                self._sessions[kind, sizes] = self._load_or_build(kind, sizes)
+            return self._sessions[kind, sizes]
+
+    def use_threads(self, threads: int) -> None:
+        """Run on ``threads`` intra-op threads from now on (sessions already open are reopened)."""
+        with self._sessions_lock:
+            if threads != self.threads:
+                self.threads = threads
+                self._sessions.clear()
 
     def _load_or_build(self, kind: str, sizes: str) -> Any:
         path = self.path(kind, sizes)

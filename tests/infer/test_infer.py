@@ -96,6 +96,68 @@ def test_existing_outputs_are_never_replaced_unless_asked(tmp_path: Path, model:
     assert snapshot(out) != first
 
 
+def test_photos_stylized_side_by_side_match_one_at_a_time(tmp_path: Path, model: Path, corpus, capsys,
+                                                           monkeypatch) -> None:
+    """--jobs 2 runs two photos at once: the same files, the same failures, reported in input order;
+    a photo whose stylization fails is named while its neighbours are written."""
+    folder, good, bad = corpus
+    outputs = {}
+    reports = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        code = main(["-m", str(model), str(folder), "-o", str(out), "--size", "96", "--format", "png",
+                     "--no-progress", "--jobs", jobs])
+        assert code == 1  # the corpus holds broken files
+        outputs[jobs] = snapshot(out)
+        captured = capsys.readouterr()
+        reports[jobs] = (captured.out.splitlines(), sorted(captured.err.splitlines()))
+        assert f"{len(good)} written, {len(bad)} failed" in captured.err
+    assert outputs["2"] == outputs["1"] and len(outputs["1"]) == len(good)
+    assert [Path(p).name for p in reports["2"][0]] == [Path(p).name for p in reports["1"][0]]
+    assert [line.replace("jobs2", "jobs1") for line in reports["2"][1]] == reports["1"][1]
+
+    from fst.infer.stylizer import Stylizer
+
+    real = Stylizer.stylize_many
+
+    def fail_on_wide(self, images, *args, **kwargs):
+        if images[0].shape[-1] > images[0].shape[-2]:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Stylizer, "stylize_many", fail_on_wide)
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for i, size in enumerate([(40, 64), (64, 40), (40, 64), (64, 40), (40, 64)]):
+        photo(i).resize(size).save(src / f"p{i}.jpg")
+    assert main(["-m", str(model), str(src), "-o", str(tmp_path / "mixed_out"), "--no-progress", "--jobs", "2"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "mixed_out").iterdir()) == [f"p{i}_teststyle.jpg" for i in (0, 2, 4)]
+    assert [Path(p).name for p in captured.out.split()] == [f"p{i}_teststyle.jpg" for i in (0, 2, 4)]
+    failures = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(failures) == 2 and all("out of memory (simulated)" in line for line in failures)
+    assert any("p1.jpg" in line for line in failures) and any("p3.jpg" in line for line in failures)
+
+
+def test_auto_jobs_split_the_threads_only_for_onnx_runtime_on_the_cpu(model: Path) -> None:
+    from fst.infer.cli import AUTO_PHOTO_JOBS, photo_jobs
+    from fst.infer.stylizer import Stylizer
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runtime = Stylizer.load(model, device="cpu", backend="auto")
+        assert photo_jobs("auto", runtime, photos=6) == AUTO_PHOTO_JOBS == 2
+        assert runtime.backend.graphs.threads == 1  # each photo on one of the two threads
+        assert photo_jobs("auto", Stylizer.load(model, device="cpu", backend="auto"), photos=1) == 1
+        assert photo_jobs("auto", Stylizer.load(model, device="cpu", backend="torch"), photos=6) == 1
+        assert photo_jobs(3, Stylizer.load(model, device="cpu", backend="torch"), photos=2) == 2
+        torch.set_num_threads(1)
+        assert photo_jobs("auto", Stylizer.load(model, device="cpu", backend="auto"), photos=6) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_input_is_never_written_over(tmp_path: Path, model: Path, capsys) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -131,6 +193,8 @@ def test_usage_errors_exit_2(tmp_path: Path, model: Path, capsys) -> None:
         ["-m", str(model), image, "--name", "{stem}.gif"],
         ["-m", str(model), image, "--tile", "lots"],
         ["-m", str(model), image, "--device", "tpu"],
+        ["-m", str(model), image, "--jobs", "0"],
+        ["-m", str(model), image, "--jobs", "many"],
     ):
         capsys.readouterr()
         assert main(argv) == 2, argv
