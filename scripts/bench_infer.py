@@ -27,7 +27,8 @@ Part 2, whole processes: ``fst-infer -m MODEL`` on the bundled validation photos
 resized to a 1024 px long side, against ``scripts/baseline_stylize_folder.py`` (the
 pytorch/examples photo loop: load, resize, run, save) on the same photos, alternating,
 best of ``--process-rounds``; each with OMP_NUM_THREADS=``--threads``. fst-infer runs with
-a warm graph cache; its first run with an empty cache is reported too.
+a warm graph cache, with its default ``--jobs auto`` (two photos at once) and with ``--jobs 1``;
+its first run with an empty cache is reported too.
 
 Every worker and process uses ``--threads`` CPU threads (default 2, the 2-core machine's
 cores). The machine, its load average before and after, and the versions are printed.
@@ -308,10 +309,12 @@ def bench_processes(args: argparse.Namespace, home: Path, work: Path) -> dict[st
     base_cmd = [sys.executable, str(ROOT / "scripts" / "baseline_stylize_folder.py"), *photos, "--size", "1024",
                 "-o", str(work / "baseline")]
     cold = _timed_process(fst_cmd, env)  # empty graph cache: exports the graphs this folder needs
-    times: dict[str, list[tuple[float, float]]] = {"fst-infer (auto)": [], "pytorch/examples loop": []}
+    commands = {"fst-infer (auto)": fst_cmd, "fst-infer --jobs 1": [*fst_cmd, "--jobs", "1"],
+                "pytorch/examples loop": base_cmd}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.process_rounds):
-        times["fst-infer (auto)"].append(_timed_process(fst_cmd, env))
-        times["pytorch/examples loop"].append(_timed_process(base_cmd, env))
+        for name, cmd in commands.items():
+            times[name].append(_timed_process(cmd, env))
     return {"photos": len(photos), "cold_fst_s": cold[0], "times": times}
 
 

@@ -106,3 +106,12 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
         assert isinstance(trainer, pl.Trainer) and all(c in trainer.callbacks for c in callbacks)
+
+
+def test_the_small_model_is_johnsons_network_narrower_and_shallower(tmp_path: Path) -> None:
+    small = instantiate(_compose(["model=small", *SMALL], tmp_path).model.net)
+    johnson = instantiate(_compose(["model=johnson", *SMALL], tmp_path).model.net)
+    assert type(small) is type(johnson)
+    assert (small.config.width, small.config.num_residual) == (12, 3)
+    assert sum(p.numel() for p in small.parameters()) == 157_395  # the count configs/model/small.yaml states
+    assert sum(p.numel() for p in johnson.parameters()) == 1_679_235
