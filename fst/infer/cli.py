@@ -38,10 +38,10 @@ MIN_TILE = 64
 # Encoded photos waiting for the writer thread: bounds the stylized images held in memory.
 MAX_PENDING_WRITES = 2
 # Photos stylized at once by ``--jobs auto`` when ONNX Runtime runs the model on the CPU, the
-# threads split between them: two photos on one thread each took 0.80-0.86x the time of one
-# photo at a time on both threads of the 2-core machine (BENCHMARKS.md), as the runtime's
-# single-threaded steps (padding, layout changes, norms) then overlap. Each holds its own
-# activations, so more at once would mostly cost memory.
+# threads split between them: a folder of six 1 MP photos, two at a time on one thread each,
+# took 0.81x the time of one at a time on both threads of the 2-core machine (BENCHMARKS.md),
+# for 1.3 GB more peak memory: each run holds its own activations, so more at once would
+# mostly cost memory.
 AUTO_PHOTO_JOBS = 2
 
 
