@@ -109,7 +109,7 @@ def build_parser() -> ArgumentParser:
                    help=f"photos (equal sizes only) or video frames per forward pass "
                         f"(default: 1 photo, {DEFAULT_FRAME_BATCH} frames)")
     p.add_argument("--jobs", type=_jobs_arg, default="auto",
-                   help=f"photos (batches) stylized at once, the CPU threads split between them; auto: "
+                   help=f"photos (batches) stylized at once, ONNX Runtime's CPU threads split between them; auto: "
                         f"{AUTO_PHOTO_JOBS} when ONNX Runtime runs the model on the CPU, else 1 (default)")
     p.add_argument("--tile", type=_tile_arg, default="auto",
                    help="tile edge in pixels for big images, 'off', or 'auto' (tiles above 4 MP; default)")
@@ -363,9 +363,17 @@ def photo_jobs(jobs: int | str, stylizer: Stylizer, photos: int) -> int:
     if jobs == "auto":
         jobs = AUTO_PHOTO_JOBS if on_cpu_runtime and torch.get_num_threads() > 1 else 1
     jobs = max(1, min(int(jobs), photos))
-    if jobs > 1 and on_cpu_runtime:
-        backend.use_threads(max(1, torch.get_num_threads() // jobs))
+    split_threads(stylizer, jobs)
     return jobs
+
+
+def split_threads(stylizer: Stylizer, jobs: int) -> None:
+    """Give each of ``jobs`` runs at once its share of the CPU threads (ONNX Runtime on the CPU;
+    PyTorch keeps one pool for the whole process)."""
+    from fst.infer.backends import CachedOnnxBackend
+
+    if isinstance(stylizer.backend, CachedOnnxBackend) and stylizer.backend.device.type == "cpu":
+        stylizer.backend.use_threads(max(1, torch.get_num_threads() // jobs))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -431,6 +439,8 @@ def _stylize_command(argv: list[str] | None) -> int:
     runner.jobs = photo_jobs(args.jobs, stylizer, len(photos))
     try:
         runner.run(photos)
+        if clips and runner.jobs > 1:
+            split_threads(stylizer, 1)  # a clip's frame batches go one at a time, on every thread
         runner.run_videos(clips, frame_batch)
     finally:
         bar.close()  # before run_command reports an interruption

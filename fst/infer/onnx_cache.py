@@ -258,7 +258,7 @@ class CachedGraphs:
     def use_threads(self, threads: int) -> None:
         """Run on ``threads`` intra-op threads from now on (sessions already open are reopened)."""
         with self._sessions_lock:
-            if threads != self.threads:
+            if threads != (self.threads or torch.get_num_threads()):
                 self.threads = threads
                 self._sessions.clear()
 

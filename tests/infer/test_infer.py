@@ -140,7 +140,7 @@ def test_photos_stylized_side_by_side_match_one_at_a_time(tmp_path: Path, model:
 
 
 def test_auto_jobs_split_the_threads_only_for_onnx_runtime_on_the_cpu(model: Path) -> None:
-    from fst.infer.cli import AUTO_PHOTO_JOBS, photo_jobs
+    from fst.infer.cli import AUTO_PHOTO_JOBS, photo_jobs, split_threads
     from fst.infer.stylizer import Stylizer
 
     before = torch.get_num_threads()
@@ -149,6 +149,8 @@ def test_auto_jobs_split_the_threads_only_for_onnx_runtime_on_the_cpu(model: Pat
         runtime = Stylizer.load(model, device="cpu", backend="auto")
         assert photo_jobs("auto", runtime, photos=6) == AUTO_PHOTO_JOBS == 2
         assert runtime.backend.graphs.threads == 1  # each photo on one of the two threads
+        split_threads(runtime, 1)
+        assert runtime.backend.graphs.threads == 2  # clips after the photos: every thread again
         assert photo_jobs("auto", Stylizer.load(model, device="cpu", backend="auto"), photos=1) == 1
         assert photo_jobs("auto", Stylizer.load(model, device="cpu", backend="torch"), photos=6) == 1
         assert photo_jobs(3, Stylizer.load(model, device="cpu", backend="torch"), photos=2) == 2
