@@ -31,6 +31,7 @@ from fst.infer.video import (CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_FRAME_B
                              expected_frames, is_video)
 
 if TYPE_CHECKING:
+    from fst.infer.backends import CachedOnnxBackend
     from fst.infer.stylizer import Stylizer
 
 Number = TypeVar("Number", int, float)
@@ -356,12 +357,8 @@ class Runner:
 
 def photo_jobs(jobs: int | str, stylizer: Stylizer, photos: int) -> int:
     """How many batches to stylize at once (``--jobs``), with the CPU threads split between them."""
-    from fst.infer.backends import CachedOnnxBackend
-
-    backend = stylizer.backend
-    on_cpu_runtime = isinstance(backend, CachedOnnxBackend) and backend.device.type == "cpu"
     if jobs == "auto":
-        jobs = AUTO_PHOTO_JOBS if on_cpu_runtime and torch.get_num_threads() > 1 else 1
+        jobs = AUTO_PHOTO_JOBS if _cpu_runtime(stylizer) is not None and torch.get_num_threads() > 1 else 1
     jobs = max(1, min(int(jobs), photos))
     split_threads(stylizer, jobs)
     return jobs
@@ -370,10 +367,17 @@ def photo_jobs(jobs: int | str, stylizer: Stylizer, photos: int) -> int:
 def split_threads(stylizer: Stylizer, jobs: int) -> None:
     """Give each of ``jobs`` runs at once its share of the CPU threads (ONNX Runtime on the CPU;
     PyTorch keeps one pool for the whole process)."""
+    runtime = _cpu_runtime(stylizer)
+    if runtime is not None:
+        runtime.use_threads(max(1, torch.get_num_threads() // jobs))
+
+
+def _cpu_runtime(stylizer: Stylizer) -> CachedOnnxBackend | None:
+    """The stylizer's ONNX Runtime backend when it runs on the CPU (its threads can be split), else None."""
     from fst.infer.backends import CachedOnnxBackend
 
-    if isinstance(stylizer.backend, CachedOnnxBackend) and stylizer.backend.device.type == "cpu":
-        stylizer.backend.use_threads(max(1, torch.get_num_threads() // jobs))
+    backend = stylizer.backend
+    return backend if isinstance(backend, CachedOnnxBackend) and backend.device.type == "cpu" else None
 
 
 def _first_line(exc: BaseException) -> str:
