@@ -24,7 +24,7 @@ from fst.images import list_images, open_rgb, resize_long_side
 from fst.infer import Stylizer
 from fst.infer.backends import available_models
 from fst.infer.styles import model_file_styles
-from fst.resources import BUNDLED_MODELS_DIR, VAL_PHOTOS_DIR
+from fst.resources import BUNDLED_MODELS_DIR, STYLES_DIR, VAL_PHOTOS_DIR
 
 GAP = 6
 LABEL_HEIGHT = 24
@@ -40,7 +40,7 @@ def _photo(stem: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="scripts/gallery.py", description=__doc__.splitlines()[0])
     parser.add_argument("--photos", nargs="+", default=["chelsea", "coffee", "astronaut"])
-    parser.add_argument("--styles", nargs="+", help="bundled model names (default: every bundled style)")
+    parser.add_argument("--styles", nargs="+", help="bundled model names (default: the model of each bundled painting)")
     parser.add_argument("--strengths", nargs="+", type=float, help="one column per strength (one style)")
     parser.add_argument("--size", type=int, default=256, help="long side of every image (default 256)")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/images/gallery.jpg"))
@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.multistyle:
         return multistyle_sheet(args)
-    styles = args.styles or sorted(n for n, p in available_models().items() if p.parent == BUNDLED_MODELS_DIR
-                                   and not n.endswith("_demo") and not model_file_styles(p))
+    # By default one column per bundled painting, from the bundled model of its name (the
+    # variants, such as the small or the video-stable network, only when named).
+    bundled = {n for n, p in available_models().items() if p.parent == BUNDLED_MODELS_DIR and not model_file_styles(p)}
+    styles = args.styles or sorted(p.stem for p in STYLES_DIR.glob("*.jpg") if p.stem in bundled)
     photos = [resize_long_side(open_rgb(_photo(stem)), args.size) for stem in args.photos]
     columns: list[tuple[str, list[Image.Image]]] = [("photo", photos)]
     for style in styles:
