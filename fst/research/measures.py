@@ -108,17 +108,24 @@ def structure(out: Image.Image, photo: Image.Image) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _block_stats(lum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h, w = (lum.shape[0] // BLOCK) * BLOCK, (lum.shape[1] // BLOCK) * BLOCK
-    blocks = lum[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)
-    return blocks.mean(axis=1), blocks.std(axis=1)
+def block_stats(lum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread of each whole 8x8 block of ``lum``, as (rows, cols) grids."""
+    rows, cols = lum.shape[0] // BLOCK, lum.shape[1] // BLOCK
+    blocks = lum[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).swapaxes(1, 2)
+    blocks = blocks.reshape(rows, cols, BLOCK * BLOCK)
+    return blocks.mean(axis=2), blocks.std(axis=2)
+
+
+def blob_blocks(out: Image.Image, photo: Image.Image) -> np.ndarray:
+    """(rows, cols) mask of the 8x8 blocks that went flat black/white where the photo had texture."""
+    out_mean, out_std = block_stats(luminance(out))
+    _, photo_std = block_stats(luminance(photo))
+    return (out_std < FLAT_STD) & ((out_mean < DARK) | (out_mean > BRIGHT)) & (photo_std >= FLAT_STD)
 
 
 def blobs(out: Image.Image, photo: Image.Image) -> float:
     """Percentage of 8x8 blocks that went flat black/white where the photo had texture."""
-    out_mean, out_std = _block_stats(luminance(out))
-    _, photo_std = _block_stats(luminance(photo))
-    bad = (out_std < FLAT_STD) & ((out_mean < DARK) | (out_mean > BRIGHT)) & (photo_std >= FLAT_STD)
+    bad = blob_blocks(out, photo)
     return float(100.0 * bad.mean()) if bad.size else 0.0
 
 

@@ -60,8 +60,11 @@ def test_blobs_count_flat_black_blocks_where_the_photo_had_texture(photo) -> Non
     h, w = out.shape[:2]
     bh, bw = (h // 8) // 4 * 8, (w // 8) // 4 * 8  # a quarter of the blocks each way: 1/16 of them
     out[:bh, :bw] = 0
-    photo_std = M._block_stats(M.luminance(photo))[1].reshape(h // 8, w // 8)
-    textured = (photo_std[: bh // 8, : bw // 8] >= M.FLAT_STD).sum()
-    expected = 100.0 * textured / photo_std.size
+    photo_std = M.block_stats(M.luminance(photo))[1]
+    assert photo_std.shape == (h // 8, w // 8)
+    textured = photo_std[: bh // 8, : bw // 8] >= M.FLAT_STD
+    expected = 100.0 * textured.sum() / photo_std.size
     assert M.blobs(Image.fromarray(out), photo) == pytest.approx(expected)
     assert expected > 1.0
+    mask = M.blob_blocks(Image.fromarray(out), photo)
+    assert mask[: bh // 8, : bw // 8].tolist() == textured.tolist() and not mask[bh // 8:].any()
