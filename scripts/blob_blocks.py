@@ -18,9 +18,9 @@ from PIL import Image
 
 from fst.errors import ArgumentParser, run_command
 from fst.fsutil import atomic_path
-from fst.images import open_rgb
-from fst.infer import Stylizer
-from fst.research.measures import BLOCK, at_measure_size, blob_blocks, block_stats, luminance
+from fst.images import open_rgb, resize_long_side
+from fst.research.measures import BLOCK, MEASURE_SIDE, blob_blocks, block_stats, luminance
+from fst.research.quality import load_stylizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("photo", type=Path)
     parser.add_argument("-o", "--output", type=Path, help="write the marked picture here (PNG)")
     args = parser.parse_args(argv)
-    photo = at_measure_size(open_rgb(args.photo))
-    out = Stylizer.load(args.model, device="cpu")(photo).resize(photo.size)
+    photo = resize_long_side(open_rgb(args.photo), MEASURE_SIDE)
+    out = load_stylizer(args.model, "cpu", "fp32")[0](photo)
     mask = blob_blocks(out, photo)
     out_mean, out_std = block_stats(luminance(out))
     photo_mean, photo_std = block_stats(luminance(photo))

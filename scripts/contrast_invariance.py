@@ -3,7 +3,7 @@
     python scripts/contrast_invariance.py -m woman_with_hat -m udnie [--photos fst/assets/photos/val]
         [--factors 0.5 0.25] [--peer]
 
-Each photo (384 px on its long side, as `fst quality` measures it) is given a lower contrast,
+Each photo (384 px on its long side, loaded and stylized as `fst quality` does) is given a lower contrast,
 mean + k * (pixel - mean) per channel, and stylized through the same forward pass as the
 original. Printed per model and factor: the mean absolute difference between the two outputs
 (0-255) and the contrast measure of the output against the photo it was made from. Johnson's
@@ -23,13 +23,10 @@ import numpy as np
 from PIL import Image
 
 from fst.errors import ArgumentParser, FstError, run_command
-from fst.images import open_rgb
-from fst.infer import Stylizer
-from fst.research.measures import at_measure_size, contrast
+from fst.research.measures import MEASURE_SIDE, contrast
 from fst.research.peer import Peer
+from fst.research.quality import load_photos, load_stylizer
 from fst.resources import ASSETS_DIR, STYLES_DIR
-
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def lower_contrast(photo: Image.Image, factor: float) -> Image.Image:
@@ -60,18 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factors", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--peer", action="store_true", help="also the peer, with the bundled painting of each name")
     args = parser.parse_args(argv)
-    paths = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
-    if not paths:
-        raise FstError(f"{args.photos}: no photos")
     if any(not 0 < k <= 1 for k in args.factors):
         raise FstError("--factors: each must lie in (0, 1]")
-    photos = [at_measure_size(open_rgb(p)) for p in paths]
+    photos = [item.measured for item in load_photos(args.photos, MEASURE_SIDE, None)]
     print(f"{len(photos)} photos from {args.photos}, 384 px; means over the photos")
     print("| model | photo contrast x | mean abs change of the output (0-255) | contrast measure |")
     print("|---|---:|---:|---:|")
     peer = Peer() if args.peer else None
     for name in args.model:
-        methods = [(name, Stylizer.load(name, device="cpu"))]
+        methods = [(name, load_stylizer(name, "cpu", "fp32")[0])]
         if peer is not None:
             painting = STYLES_DIR / f"{name}.jpg"
             if not painting.is_file():
