@@ -187,6 +187,16 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return planes.to(torch.float32).mul_(1 / 255)  # as torchvision scales: bit-identical
 
 
+# ITU-R BT.601 luma weights: what "luminance" means throughout fst (measures, tone, colour).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of RGB images (B, 3, H, W) -> (B, 1, H, W), same range and dtype."""
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
 def tensor_to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) [+ (1, H, W) alpha] in [0, 1] -> RGB or RGBA PIL image (values clamped)."""
     if rgb.dim() == 4:

@@ -139,6 +139,13 @@ def fixed_norm_stats(net: nn.Module, stats: list[tuple[torch.Tensor, torch.Tenso
         raise ValueError(f"{len(stats)} recorded statistics for {len(layers)} norm layers")
 
     def make_forward(layer: nn.InstanceNorm2d, mean: torch.Tensor, var: torch.Tensor) -> Callable:
+        fixed_forward = getattr(layer, "fixed_forward", None)
+        if fixed_forward is not None:  # a layer that uses the statistics otherwise (fst.nets.transformer.ImageStats)
+            def forward_with(x: torch.Tensor) -> torch.Tensor:
+                return fixed_forward(x, mean.to(x.device), var.to(x.device))
+
+            return forward_with
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             scale = torch.rsqrt(var.to(x.device) + layer.eps)
             shift = -mean.to(x.device) * scale

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from fst.images import load_style_image
-from fst.loss.perceptual import PaletteTarget, PerceptualLoss, gram_matrix, perturb, sliced_palette_distance, stability_term
+from fst.loss.perceptual import (PaletteTarget, PerceptualLoss, gram_matrix, perturb, sliced_palette_distance,
+                                 stability_term, tone_error)
 
 Painting = str | Path | torch.Tensor
 
@@ -52,6 +53,8 @@ class MultiStyleLoss(nn.Module):
         self.tv_weight = loss.tv_weight
         self.palette_weight = loss.palette_weight
         self.stability_weight = loss.stability_weight
+        self.tone_weight = loss.tone_weight
+        self.tone_mode = loss.tone_mode
         # Applied by the training module (beside the network's discriminator), as for PerceptualLoss.
         self.adversarial_weight = float(getattr(loss, "adversarial_weight", 0.0))
         self.style_size = loss.style_size
@@ -146,7 +149,10 @@ class MultiStyleLoss(nn.Module):
         terms["style"] = gram_b.mean()
         terms["tv"] = tv_b.mean()
         terms["palette"] = palette_b.mean()
-        total_b = content_b + gram_b + tv_b + palette_b
+        tone_b = (self.tone_weight * tone_error(output, content, self.tone_mode) if self.tone_weight
+                  else output.new_zeros(batch, dtype=torch.float32))
+        terms["tone"] = tone_b.mean()
+        total_b = content_b + gram_b + tv_b + palette_b + tone_b
         terms["total"] = total_b.mean()
         for s in present:
             mask = index == s

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fst.errors import FstError
-from fst.images import load_style_image
+from fst.images import load_style_image, luminance
 from fst.loss.vgg import VGG16Features
 from fst.loss.weights import VGGWeights, VGGWeightsUnavailable, load_vgg16_weights
 
@@ -51,6 +51,26 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     dh = image[..., 1:, :] - image[..., :-1, :]
     dw = image[..., :, 1:] - image[..., :, :-1]
     return dh.pow(2).mean() + dw.pow(2).mean()
+
+
+TONE_MODES = ("above", "both")
+
+
+def tone_error(output: torch.Tensor, content: torch.Tensor, mode: str = "both") -> torch.Tensor:
+    """Per image (B,), the squared log ratio of the output's luminance spread to its photo's:
+    0 when the output keeps the photo's contrast, the same for twice as much as for half.
+    ``mode="above"`` counts only contrast above the photo's (0 for any lower contrast).
+
+    Instance norm hides a photo's contrast from the network, which then paints every photo
+    with the painting's spread of brightness (QUALITY.md); with tone conditioning
+    (``TransformerNetConfig.tone``) this term is what teaches it to follow the photo's.
+    """
+    if mode not in TONE_MODES:
+        raise ValueError(f"tone mode must be one of {TONE_MODES}, got {mode!r}")
+    spread_out = luminance(output.float()).std(dim=(1, 2, 3), unbiased=False)
+    spread_photo = luminance(content.float()).std(dim=(1, 2, 3), unbiased=False)
+    log_ratio = torch.log(spread_out + 1e-3) - torch.log(spread_photo + 1e-3)
+    return (log_ratio.clamp_min(0.0) if mode == "above" else log_ratio).square()
 
 
 def sliced_palette_distance(output: torch.Tensor, target_sorted: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -224,6 +244,8 @@ class PerceptualLoss(nn.Module):
         vgg_weights: str | VGGWeights,
         stability_weight: float,
         adversarial_weight: float,
+        tone_weight: float,
+        tone_mode: str,
     ) -> None:
         super().__init__()
         self.content_layers = [str(layer) for layer in content_layers]
@@ -233,6 +255,10 @@ class PerceptualLoss(nn.Module):
         self.tv_weight = float(tv_weight)
         self.palette_weight = float(palette_weight)
         self.stability_weight = float(stability_weight)
+        self.tone_weight = float(tone_weight)
+        if tone_mode not in TONE_MODES:
+            raise FstError(f"loss.tone_mode={tone_mode}: choose one of {', '.join(TONE_MODES)}")
+        self.tone_mode = str(tone_mode)
         # Recorded here, applied by fst.train.module: the term needs the discriminator, which
         # trains beside the network (forward never adds it; a model file's loss is the rest).
         self.adversarial_weight = float(adversarial_weight)
@@ -278,6 +304,8 @@ class PerceptualLoss(nn.Module):
             "tv_weight": self.tv_weight,
             "palette_weight": self.palette_weight,
             "stability_weight": self.stability_weight,
+            "tone_weight": self.tone_weight,
+            "tone_mode": self.tone_mode,
             "adversarial_weight": self.adversarial_weight,
             "vgg_weights": self.vgg_spec,
         }
@@ -310,7 +338,9 @@ class PerceptualLoss(nn.Module):
         terms["tv"] = self.tv_weight * total_variation(output)
         terms["palette"] = (self.palette_weight * self.palette(output) if self.palette_weight
                             else output.new_zeros((), dtype=torch.float32))
-        terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["palette"]
+        terms["tone"] = (self.tone_weight * tone_error(output, content, self.tone_mode).mean() if self.tone_weight
+                         else output.new_zeros((), dtype=torch.float32))
+        terms["total"] = terms["content"] + terms["style"] + terms["tv"] + terms["palette"] + terms["tone"]
         if self.stability_weight:
             if net is None:
                 raise ValueError("stability_weight > 0 needs the network: call loss(output, photos, net=net)")

@@ -14,6 +14,7 @@ width symbolic and takes any input size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fst.images import luminance
 from fst.nets.conditional_norm import apply_norm, norm_layer
 
 UPSAMPLE_MODES = ("resize_conv", "transposed")
@@ -38,6 +40,9 @@ class TransformerNetConfig:
     # 0: one style (affine instance norm); N > 0: N styles in conditional instance norm
     # (fst.nets.conditional_norm), chosen per call by a style-weight vector.
     num_styles: int = 0
+    # True: the output is scaled and shifted by the photo's own brightness and contrast
+    # (ToneConditioning), which the instance norms otherwise remove.
+    tone: bool = False
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLE_MODES:
@@ -51,8 +56,11 @@ class TransformerNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         config = asdict(self)
-        if not self.num_styles:  # single-style files stay as earlier fst versions wrote (and read) them
+        # Files without these options stay as earlier fst versions wrote (and read) them.
+        if not self.num_styles:
             del config["num_styles"]
+        if not self.tone:
+            del config["tone"]
         return config
 
 
@@ -139,6 +147,67 @@ class OutputHead(nn.Module):
         return self.kind
 
 
+# The typical photo's luminance mean and standard deviation in [0, 1]: a photo with these
+# has tone features (0, 0), and the output is what the network would paint without them.
+REFERENCE_MEAN = 0.45
+REFERENCE_STD = 0.22
+
+
+class ImageStats(nn.InstanceNorm2d):
+    """A one-channel map's mean and log standard deviation per image, (B, 2), relative to
+    the reference photo's.
+
+    It is an ``nn.InstanceNorm2d`` subclass (without parameters) for one reason: tiled
+    inference records every instance norm layer's input statistics on the whole image and
+    fixes them for the tiles (fst.infer.tiling), and ``fixed_forward`` is how this layer
+    takes them, so every tile sees the whole photo's tone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(1, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3))
+        var = (x - mean[:, :, None, None]).square().mean(dim=(2, 3))
+        return self.features(mean, var)
+
+    def fixed_forward(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """The features from given statistics (shape (1,)), for every image of ``x``."""
+        batch = torch.zeros_like(x[:, :, 0, 0])  # (B, 1): the batch size, symbolic in traced graphs
+        return self.features(batch + mean.view(1, 1), batch + var.view(1, 1))
+
+    def features(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        log_std = 0.5 * torch.log(var + self.eps) - math.log(REFERENCE_STD)
+        return torch.cat([mean - REFERENCE_MEAN, log_std], dim=1)
+
+
+class ToneConditioning(nn.Module):
+    """The photo's brightness and contrast, given back to the network at its output.
+
+    Instance norm removes the input's mean and gain (Ulyanov et al. 2016), so without this
+    the network paints every photo with one spread of brightness: a flat or dark photo
+    comes out with several times its own contrast (QUALITY.md). Here the last
+    convolution's output ``y`` (before the output head) becomes, per colour channel c,
+
+        y_c * exp(f . scale_c) + f . shift_c,    f = (mean - 0.45, log(std / 0.22))
+
+    of the photo's luminance: six numbers each for scale and shift, learned with the
+    network under its own loss, zero at the start (the plain network).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = ImageStats()
+        self.scale = nn.Parameter(torch.zeros(2, 3))
+        self.shift = nn.Parameter(torch.zeros(2, 3))
+
+    def forward(self, y: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        features = self.stats(luminance(image.float()))  # (B, 2)
+        scale = torch.exp(features @ self.scale)[:, :, None, None]
+        shift = (features @ self.shift)[:, :, None, None]
+        return y * scale.to(y.dtype) + shift.to(y.dtype)
+
+
 class TransformerNet(nn.Module):
     """Feed-forward style network: RGB image in [0, 1] -> stylized RGB image of the same size."""
 
@@ -155,6 +224,9 @@ class TransformerNet(nn.Module):
         self.pad_out = nn.ReflectionPad2d(4)
         self.conv_out = nn.Conv2d(w, 3, 9)
         self.head = OutputHead(self.config.output_head)
+        # Registered last because it runs last: tiling pairs norm layers with recorded
+        # statistics in registration order.
+        self.tone = ToneConditioning() if self.config.tone else None
 
     def forward(self, image: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """``style``: for a multi-style net (``config.num_styles`` > 0) the style weights,
@@ -166,7 +238,10 @@ class TransformerNet(nn.Module):
             h = block(h, style)
         h = self.up1(h, like=h2, style=style)
         h = self.up2(h, like=image, style=style)
-        return self.head(self._conv_out(self.pad_out(h)))
+        y = self._conv_out(self.pad_out(h))
+        if self.tone is not None:
+            y = self.tone(y, image)
+        return self.head(y)
 
     def _conv_out(self, h: torch.Tensor) -> torch.Tensor:
         # On CPU the 32->3 9x9 conv is 2.3x faster (backward above all) in channels_last,

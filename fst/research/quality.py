@@ -176,13 +176,14 @@ def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> t
         style_size = DEFAULT_STYLE_SIZE
     # Files written before the config was recorded whole name the VGG "vgg".
     vgg = args.vgg or vgg_spec(spec.get("vgg_weights", spec.get("vgg")), model)
-    # Files written before the palette term existed trained without it. The stability and
+    # Files written before the palette and tone terms existed trained without them. The stability and
     # adversarial terms judge the network (its output under perturbed input, a discriminator
     # left behind at training), not an image, so the loss of an image (fst's, the peer's,
     # Gatys') leaves them out; `fst quality --video` measures stability.
     config = {**{k: spec[k] for k in LOSS_KEYS}, "_target_": LOSS_TARGET, "style_image": str(style_image),
               "style_size": style_size, "vgg_weights": vgg, "palette_weight": spec.get("palette_weight", 0.0),
-              "stability_weight": 0.0, "adversarial_weight": 0.0}
+              "tone_weight": spec.get("tone_weight", 0.0),
+              "tone_mode": spec.get("tone_mode", "both"), "stability_weight": 0.0, "adversarial_weight": 0.0}
     loss: PerceptualLoss = instantiate(config)
     record = {"style_name": style_name, "style_image": str(style_image), "style_sha256": actual,
               "style_sha256_matches": None if recorded is None else recorded == actual,

@@ -128,6 +128,7 @@ def build_loss(model: Path, meta: dict[str, Any], painting: Path, style_size: in
     for name in accepted:
         if name.endswith("_weight") and name not in config:
             config[name] = 0.0
+    config.setdefault("tone_mode", "both")  # with its weight 0 when absent: no effect
     config.update({"_target_": LOSS_TARGET, "style_image": str(painting),
                    "style_size": style_size if style_size is not None else spec.get("style_size")})
     missing = [name for name, p in accepted.items() if name not in config and p.default is inspect.Parameter.empty]

@@ -36,6 +36,8 @@ def module_metadata(module: Any, steps: int) -> dict[str, Any]:
         "loss": config,
         "steps": int(steps),
     }
+    if getattr(module, "init_source", None):  # trained on from another model file (model.init_from)
+        meta["init_from"] = module.init_source
     extra = getattr(module, "extra_metadata", None)  # a multi-style module's style names (fst.train.multistyle)
     if callable(extra):
         meta.update(extra())

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
+from fst import nets
 from fst.errors import FstError
+from fst.fsutil import file_sha256
+from fst.infer.backends import resolve_model
 from fst.loss.adversarial import OBJECTIVES, PaintingCrops, discriminator_loss, generator_loss
 from fst.loss.perceptual import PerceptualLoss
 from fst.nets.transformer import TransformerNet
@@ -25,6 +29,32 @@ CROPS_RNG_KEY = "fst_painting_crops_rng"
 # The frozen VGG16 weights stay out of checkpoints (~30 MB per file, and the weight source
 # may move): on_save_checkpoint drops them, on_load_checkpoint puts the live module's back.
 FROZEN_PREFIXES = ("loss.vgg.", "loss.content_vgg.")
+
+
+def load_initial_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
+    """Start ``net`` from the weights of the model file ``spec`` (a path or a model name).
+
+    The architectures must match, except that layers ``net`` has and the file lacks keep
+    their initialisation (tone conditioning added to a trained model starts as the
+    identity). Returns what the new model file records about its starting point.
+    """
+    path = resolve_model(spec)
+    source, meta = nets.load(path)
+    _check_shapes(net, source, path)
+    missing, unexpected = net.load_state_dict(source.state_dict(), strict=False)
+    if unexpected:
+        raise FstError(f"model.init_from={spec}: {path} has weights this network lacks: {', '.join(unexpected[:4])}")
+    return {"model": path.name, "sha256": file_sha256(path), "steps": meta.get("steps"),
+            "training": meta.get("training"), "new_layers": sorted({k.rsplit(".", 1)[0] for k in missing})}
+
+
+def _check_shapes(net: TransformerNet, source: TransformerNet, path: Path) -> None:
+    # load_state_dict(strict=False) still raises on a shape mismatch, as a multi-line RuntimeError.
+    own = net.state_dict()
+    for key, value in source.state_dict().items():
+        if key in own and own[key].shape != value.shape:
+            raise FstError(f"model.init_from: {path} is another architecture ({key}: {tuple(value.shape)} "
+                           f"in the file, {tuple(own[key].shape)} here)")
 
 
 class StyleTransferModule(pl.LightningModule):
@@ -57,9 +87,13 @@ class StyleTransferModule(pl.LightningModule):
         compile: bool,
         style_name: str,
         discriminator: Mapping[str, Any] | None = None,
+        init_from: str | None = None,
+        tone_lr: float = 0.01,
     ) -> None:
         super().__init__()
         self.net = net
+        self.tone_lr = float(tone_lr)
+        self.init_source = load_initial_weights(net, init_from) if init_from else None
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -188,7 +222,7 @@ class StyleTransferModule(pl.LightningModule):
                 experiment.add_image("val/stylized", grid, global_step=self.global_step)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.net.parameters())
+        optimizer = self.optimizer_factory(params=self._parameter_groups())
         if self.adversarial_weight > 0:
             optimizers = [optimizer, self.discriminator_optimizer_factory(params=self.discriminator.parameters())]
             if self.scheduler_factory is None:
@@ -198,6 +232,16 @@ class StyleTransferModule(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        # The tone conditioning's twelve numbers must travel about 1 where a convolution
+        # weight travels 0.01, and Adam moves every parameter by about its lr per step:
+        # they get their own lr (the scheduler scales both groups alike).
+        tone = [p for name, p in self.net.named_parameters() if name.startswith("tone.")]
+        rest = [p for name, p in self.net.named_parameters() if not name.startswith("tone.")]
+        if not tone:
+            return [{"params": rest}]
+        return [{"params": rest}, {"params": tone, "lr": self.tone_lr}]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]

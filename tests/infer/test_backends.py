@@ -203,3 +203,20 @@ def test_cli_refuses_torch_for_an_onnx_file(model: Path, tmp_path: Path, capsys:
     photo(0).resize((40, 30)).save(tmp_path / "p.png")
     assert infer_main(["-m", str(graph), str(tmp_path / "p.png"), "-o", str(tmp_path / "o"), "--backend", "torch"]) == 2
     assert "--backend torch needs a .safetensors or .pth model" in capsys.readouterr().err
+
+
+def test_tone_conditioned_model_runs_in_onnx_runtime_like_eager(tmp_path: Path) -> None:
+    """The tone statistics (the photo's luminance mean and spread) are exported like instance
+    norm statistics: whole images and tiles equal eager, and every tile sees the whole photo's."""
+    torch.manual_seed(5)
+    net = TransformerNet(TransformerNetConfig(width=8, num_residual=1, tone=True))
+    with torch.no_grad():
+        net.tone.scale.copy_(torch.randn(2, 3))
+        net.tone.shift.copy_(torch.randn(2, 3))
+    path = save_model(net, tmp_path / "toned.safetensors", {"style_name": "t", "style_sha256": None, "loss": {}, "steps": 0})
+    auto, eager = Stylizer.load(path, device="cpu"), Stylizer.load(path, device="cpu", backend="torch")
+    assert isinstance(auto.backend, CachedOnnxBackend) and auto.backend.note is None
+    x = pil_to_tensor(photo(1).resize((203, 150)))[None]
+    assert (auto(x, tile=None) - eager(x, tile=None)).abs().max() <= TOLERANCE
+    options = dict(tile=64, overlap=16, stats_size=96)
+    assert (auto.stylize_batch(x, **options) - eager.stylize_batch(x, **options)).abs().max() <= TOLERANCE

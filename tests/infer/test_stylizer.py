@@ -20,7 +20,7 @@ from fst.infer.color import rgb_to_ycbcr
 from fst.errors import FstError
 from fst.nets.legacy import load_legacy_model
 from fst import nets
-from fst.images import pil_to_tensor, tensor_to_pil
+from fst.images import luminance, pil_to_tensor, tensor_to_pil
 from fst.infer.stylizer import Stylizer
 from fst.infer.tiling import tile_grid
 
@@ -390,3 +390,17 @@ def test_contact_sheet_cells_are_the_stylizers_output(tmp_path: Path) -> None:
         expected = net(photos).clamp(0, 1)  # a plain forward pass, as the sheet always drew
     assert [c.size for c in cells] == [(48, 32)] * 2
     assert all(c.tobytes() == tensor_to_pil(e).tobytes() for c, e in zip(cells, expected))
+
+
+def test_every_tile_sees_the_whole_photos_tone() -> None:
+    from fst.infer.tiling import fixed_norm_stats, record_norm_stats
+    from fst.nets import TransformerNet
+
+    net = TransformerNet(width=8, num_residual=1, tone=True).eval()
+    x = pil_to_tensor(photo(2).resize((120, 96)))[None]
+    lum = luminance(x)
+    whole = net.tone.stats(lum)
+    with fixed_norm_stats(net, record_norm_stats(net, x)):
+        corner = net.tone.stats(lum[..., :32, :40])
+    assert torch.allclose(corner, whole, atol=1e-5)
+    assert not torch.allclose(net.tone.stats(lum[..., :32, :40]), whole, atol=1e-2)  # a tile alone differs

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from fst.loss.perceptual import StyleTargets, content_loss, gram_matrix, total_variation
+from fst.loss.perceptual import StyleTargets, content_loss, gram_matrix, tone_error, total_variation
 
 
 def test_gram_matrix_matches_hand_computation() -> None:
@@ -137,7 +139,7 @@ def test_perceptual_loss_stability_weight_runs_the_net_on_a_perturbed_photo() ->
         return PerceptualLoss(ASSETS_DIR / "styles" / "the_wave.jpg", 64, content_layers=["relu2_2"],
                               style_layers={"relu1_2": 1.0, "relu2_2": 1.0}, content_weight=1.0, style_weight=5.0,
                               tv_weight=5.0, palette_weight=0.0, vgg_weights="caffe",
-                              stability_weight=stability_weight, adversarial_weight=0.0)
+                              stability_weight=stability_weight, adversarial_weight=0.0, tone_weight=0.0, tone_mode="both")
 
     torch.manual_seed(0)
     net = TransformerNet(TransformerNetConfig(width=8))
@@ -163,3 +165,29 @@ def test_perceptual_loss_stability_weight_runs_the_net_on_a_perturbed_photo() ->
     torch.testing.assert_close(terms["total"], rest + terms["stability"])
     terms["stability"].backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_tone_error_is_the_squared_log_ratio_of_luminance_spreads() -> None:
+    torch.manual_seed(0)
+    photo = torch.rand(3, 3, 32, 32)  # luminance spread about 0.17
+    mean = photo.mean(dim=(1, 2, 3), keepdim=True)
+    doubled, halved = mean + 2 * (photo - mean), mean + 0.5 * (photo - mean)
+    assert tone_error(photo, photo).abs().max() < 1e-10
+    twice, half = tone_error(doubled, photo), tone_error(halved, photo)
+    assert twice.shape == (3,)
+    # log 2 squared, both ways (the 1e-3 guard against a flat image moves it by about 0.004 here).
+    assert torch.allclose(twice, torch.full((3,), math.log(2) ** 2), atol=1e-2)
+    assert torch.allclose(half, twice, atol=1e-2)
+    # A brightness shift alone keeps the spread.
+    assert tone_error(photo + 0.1, photo).abs().max() < 1e-6
+
+
+def test_tone_error_above_counts_only_more_contrast_than_the_photos() -> None:
+    torch.manual_seed(1)
+    photo = torch.rand(2, 3, 32, 32)
+    mean = photo.mean(dim=(1, 2, 3), keepdim=True)
+    doubled, halved = mean + 2 * (photo - mean), mean + 0.5 * (photo - mean)
+    assert torch.equal(tone_error(doubled, photo, "above"), tone_error(doubled, photo, "both"))
+    assert torch.equal(tone_error(halved, photo, "above"), torch.zeros(2))
+    with pytest.raises(ValueError, match="tone mode"):
+        tone_error(photo, photo, "below")

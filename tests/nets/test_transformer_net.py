@@ -3,6 +3,7 @@ import warnings
 import pytest
 import torch
 
+from fst.images import luminance
 from fst.nets.transformer import OUTPUT_HEADS, OutputHead, TransformerNet, TransformerNetConfig
 
 
@@ -87,3 +88,49 @@ def test_traced_forward_keeps_sizes_symbolic(upsample: str) -> None:
     x = torch.rand(2, 3, 37, 53)  # odd, batched, not the tracing size
     with torch.no_grad():
         torch.testing.assert_close(traced(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+def _tone_net(seed: int = 0) -> TransformerNet:
+    """A small tone-conditioned net with non-zero tone parameters (they start at zero)."""
+    torch.manual_seed(seed)
+    net = TransformerNet(width=8, num_residual=1, tone=True).eval()
+    with torch.no_grad():
+        net.tone.scale.copy_(torch.randn(2, 3))
+        net.tone.shift.copy_(torch.randn(2, 3))
+    return net
+
+
+def test_tone_conditioning_starts_as_the_plain_network() -> None:
+    torch.manual_seed(0)
+    plain = TransformerNet(width=8, num_residual=1).eval()
+    toned = TransformerNet(width=8, num_residual=1, tone=True).eval()
+    missing, unexpected = toned.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["tone.scale", "tone.shift"] and not unexpected
+    x = torch.rand(2, 3, 40, 52)
+    with torch.no_grad():
+        assert torch.equal(toned(x), plain(x))
+
+
+def test_tone_conditioning_follows_the_photos_contrast_and_brightness() -> None:
+    """The plain network is blind to a photo's gain and offset (instance norm); the toned one is not."""
+    torch.manual_seed(1)
+    photo = torch.rand(1, 3, 48, 48)
+    mean = photo.mean(dim=(2, 3), keepdim=True)
+    flat = mean + 0.25 * (photo - mean)  # the same photo at a quarter of its contrast
+    plain = TransformerNet(width=8, num_residual=1).eval()
+    toned = _tone_net()
+    with torch.no_grad():
+        assert (plain(photo) - plain(flat)).abs().max() < 2e-3  # only the 9x9 conv's bias and padding differ
+        assert (toned(photo) - toned(flat)).abs().mean() > 0.02
+        features = toned.tone.stats(luminance(photo))
+        flat_features = toned.tone.stats(luminance(flat))
+    # (mean - 0.45, log std - log 0.22): a quarter of the contrast is log 4 lower (less the
+    # variance's eps of 1e-5, 0.002 here), the mean unchanged.
+    assert flat_features[0, 1] - features[0, 1] == pytest.approx(-torch.log(torch.tensor(4.0)).item(), abs=4e-3)
+    assert flat_features[0, 0] == pytest.approx(features[0, 0].item(), abs=1e-5)
+
+
+def test_tone_option_is_stored_only_when_set() -> None:
+    assert "tone" not in TransformerNetConfig().to_dict()
+    assert TransformerNetConfig(tone=True).to_dict()["tone"] is True
+    assert TransformerNet().tone is None and not any(k.startswith("tone") for k in TransformerNet().state_dict())

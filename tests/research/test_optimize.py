@@ -35,7 +35,7 @@ def tiny_loss() -> PerceptualLoss:
     return PerceptualLoss(PAINTING, 64, content_layers=["relu2_2"],
                           style_layers={"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 0.3},
                           content_weight=1.0, style_weight=5.0, tv_weight=5.0, palette_weight=2.0,
-                          stability_weight=0.0, adversarial_weight=0.0, vgg_weights="caffe").eval()
+                          stability_weight=0.0, adversarial_weight=0.0, tone_weight=0.0, tone_mode="both", vgg_weights="caffe").eval()
 
 
 def test_optimised_photo_ends_below_the_trained_models_total_under_its_loss(tmp_path: Path, capsys) -> None:

@@ -38,7 +38,7 @@ def tiny_loss(style_image: Path = STYLE) -> PerceptualLoss:
     return PerceptualLoss(style_image, STYLE_SIZE, content_layers=["relu2_2"],
                           style_layers={"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 0.3},
                           content_weight=1.0, style_weight=10.0, tv_weight=10.0, palette_weight=0.0,
-                          stability_weight=0.0, adversarial_weight=0.0, vgg_weights="caffe")
+                          stability_weight=0.0, adversarial_weight=0.0, tone_weight=0.0, tone_mode="both", vgg_weights="caffe")
 
 
 @pytest.fixture(scope="module")
@@ -433,7 +433,7 @@ def test_network_terms_are_left_out_of_an_image_s_loss(tmp_path: Path, photos: P
     trained_with = PerceptualLoss(STYLE, STYLE_SIZE, content_layers=["relu2_2"],
                                   style_layers={"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 0.3},
                                   content_weight=1.0, style_weight=10.0, tv_weight=10.0, palette_weight=0.0,
-                                  stability_weight=1.0, adversarial_weight=0.5, vgg_weights="caffe")
+                                  stability_weight=1.0, adversarial_weight=0.5, tone_weight=0.0, tone_mode="both", vgg_weights="caffe")
     torch.manual_seed(0)
     net = TransformerNet(TransformerNetConfig(width=8, num_residual=1))
     path = save_model(net, tmp_path / "stable.safetensors",

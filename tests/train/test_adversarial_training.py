@@ -72,7 +72,7 @@ def test_adversarial_term_trains_both_networks_and_exports_the_style_network_alo
                 "train/discriminator/fake_logit", "train/total", "val/total"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     # The generator's total is the perceptual terms plus the adversarial one.
-    perceptual = sum(metrics[f"train/{k}"] for k in ("content", "style", "tv", "palette"))
+    perceptual = sum(metrics[f"train/{k}"] for k in ("content", "style", "tv", "palette", "tone"))
     assert metrics["train/total"] == pytest.approx(perceptual + metrics["train/adversarial"], rel=1e-5)
 
     ckpt = _checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")

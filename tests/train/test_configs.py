@@ -113,5 +113,7 @@ def test_the_small_model_is_johnsons_network_narrower_and_shallower(tmp_path: Pa
     johnson = instantiate(_compose(["model=johnson", *SMALL], tmp_path).model.net)
     assert type(small) is type(johnson)
     assert (small.config.width, small.config.num_residual) == (12, 3)
-    assert sum(p.numel() for p in small.parameters()) == 157_395  # the count configs/model/small.yaml states
-    assert sum(p.numel() for p in johnson.parameters()) == 1_679_235
+    # The counts configs/model/small.yaml states, plus the tone conditioning's 12 numbers.
+    assert small.config.tone and johnson.config.tone
+    assert sum(p.numel() for p in small.parameters()) == 157_395 + 12
+    assert sum(p.numel() for p in johnson.parameters()) == 1_679_235 + 12

@@ -193,3 +193,31 @@ def test_stability_term_trains_and_is_logged(compose_cfg, photo_dir: Path, tmp_p
     result = train(compose_cfg([f"data.root={photo_dir}", "loss.stability_weight=1.0"], output_dir=out))
     assert result["metrics"]["train/stability"] > 0.0
     assert result["metrics"]["train/total"] > result["metrics"]["train/stability"]
+
+
+def test_training_on_from_a_model_file_adds_tone_conditioning(compose_cfg, photo_dir: Path, tmp_path: Path) -> None:
+    """model.init_from starts from a trained model's weights; tone layers it lacks start at the identity,
+    learn at their own lr, and the new file records where it started."""
+    base = train(compose_cfg([f"data.root={photo_dir}", "model.net.tone=false"], output_dir=tmp_path / "base"))["model_path"]
+    overrides = [f"data.root={photo_dir}", "model.net.tone=true", f"model.init_from={base}"]
+    out = tmp_path / "toned"
+    train(compose_cfg(overrides, output_dir=out))
+    base_net, _ = load_model(base)
+    net, meta = load_model(out / "model.safetensors")
+    assert meta["architecture"]["tone"] is True
+    assert meta["init_from"]["model"] == "model.safetensors" and meta["init_from"]["new_layers"] == ["tone"]
+    assert meta["init_from"]["steps"] == 2 and len(meta["init_from"]["sha256"]) == 64
+    # Two steps at lr 3e-4 move a weight by about 6e-4; a fresh initialisation would differ by ~0.1.
+    assert (net.enc1.conv.weight - base_net.enc1.conv.weight).abs().max() < 5e-3
+    # The tone parameters moved off zero by about their own lr (1e-2) per step, not the network's 3e-4.
+    assert net.tone.scale.abs().max() > 2e-3
+
+
+def test_cli_init_from_another_architecture_is_one_line(tmp_path: Path, photo_dir: Path) -> None:
+    from fst.nets import TransformerNet, save_model
+
+    other = save_model(TransformerNet(width=4, num_residual=1), tmp_path / "other.safetensors",
+                       {"style_name": "x", "style_sha256": None, "loss": {}, "steps": 0})
+    line = _one_line_error(_cli(f"model.init_from={other}", f"data.root={photo_dir}", "data.val_count=1", "model.net.width=8",
+                                f"hydra.run.dir={tmp_path}/run"))
+    assert "model.init_from" in line and "other.safetensors" in line and "architecture" in line
