@@ -176,7 +176,8 @@ def build_loss(model: Path, meta: dict[str, Any], args: argparse.Namespace) -> t
         style_size = DEFAULT_STYLE_SIZE
     # Files written before the config was recorded whole name the VGG "vgg".
     vgg = args.vgg or vgg_spec(spec.get("vgg_weights", spec.get("vgg")), model)
-    # Files written before the palette and tone terms existed trained without them. The stability and
+    # Files written before the palette and tone terms existed trained without them (and before
+    # tone_mode existed the tone term counted both ways). The stability and
     # adversarial terms judge the network (its output under perturbed input, a discriminator
     # left behind at training), not an image, so the loss of an image (fst's, the peer's,
     # Gatys') leaves them out; `fst quality --video` measures stability.
