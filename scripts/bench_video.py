@@ -1,7 +1,7 @@
 """Peak memory of stylizing a clip against its length: video is streamed, so a clip 10x longer
 should peak within a few percent of the short one.
 
-    python scripts/bench_video.py [--model starry_night_demo] [--frames 40 400] [--size 320x240]
+    python scripts/bench_video.py [--model starry_night] [--frames 40 400] [--size 320x240]
 
 Generates one clip per length (a moving pattern at 25 fps with an AAC tone, made with
 PyAV), then stylizes each in a fresh process (`Stylizer.stylize_video`, CPU, fp32) and
@@ -81,7 +81,7 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="starry_night_demo")
+    parser.add_argument("--model", default="starry_night")
     parser.add_argument("--frames", type=int, nargs="+", default=[40, 400])
     parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the generated clips")
     parser.add_argument("--batch", type=int, default=4, help="frames per forward pass")
