@@ -40,8 +40,10 @@ def tiny_loss() -> PerceptualLoss:
 
 def test_optimised_photo_ends_below_the_trained_models_total_under_its_loss(tmp_path: Path, capsys) -> None:
     out, report = tmp_path / "chelsea.png", tmp_path / "report.json"
-    argv = [str(PHOTO), "--model", "starry_night", "--size", "64", "--steps", "40", "-o", str(out),
-            "--snapshot-every", "20", "--json", str(report), "-q"]
+    # 80 L-BFGS steps: the bundled model's total on this 64 px photo is 4.21, which 40 steps
+    # do not reach yet (6.26) and 60 do (3.25).
+    argv = [str(PHOTO), "--model", "starry_night", "--size", "64", "--steps", "80", "-o", str(out),
+            "--snapshot-every", "40", "--json", str(report), "-q"]
     assert run_command(main, argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads(report.read_text())
@@ -65,8 +67,8 @@ def test_optimised_photo_ends_below_the_trained_models_total_under_its_loss(tmp_
     assert written_total < model_total
     assert written_total == pytest.approx(optimised, rel=0.02)  # the file is the image scored, to 8 bits
     assert summary["loss"]["style_size"] == meta["loss"]["style_size"]  # the model's loss, not the default
-    assert [p.name for p in sorted(tmp_path.glob("chelsea_step*.png"))] == ["chelsea_step0020.png",
-                                                                          "chelsea_step0040.png"]
+    assert [p.name for p in sorted(tmp_path.glob("chelsea_step*.png"))] == ["chelsea_step0040.png",
+                                                                          "chelsea_step0080.png"]
 
 
 def test_default_loss_is_the_bundled_training_loss() -> None:
