@@ -187,7 +187,8 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return planes.to(torch.float32).mul_(1 / 255)  # as torchvision scales: bit-identical
 
 
-# ITU-R BT.601 luma weights: what "luminance" means throughout fst (measures, tone, colour).
+# ITU-R BT.601 luma weights, for tensors: the same luma as PIL's "L" (the quality measures) and
+# the Y row of fst.infer.color's YCbCr.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
