@@ -50,7 +50,7 @@ from fst.nets.subpixel import rewrite_for_inference
 from fst.resources import fst_home
 
 # Bump when the graphs' layout changes (inputs, outputs, rewrites): older files are then not read.
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 KINDS = ("plain", "stats", "fixed")
 SIZES = ("x4", "any")
 GRAPH_KEY = "fst_graph"

@@ -70,13 +70,14 @@ def test_sizes_that_are_not_about_twice_fall_back_to_the_original_layer() -> Non
         assert (fast(x, like) - block(x, like)).abs().max() <= TOLERANCE
 
 
-def test_folded_kernel_has_four_by_four_taps_per_channel_pair() -> None:
+def test_folded_kernel_has_two_by_two_taps_per_phase() -> None:
     conv = nn.Conv2d(7, 5, 3)
     weight = subpixel_weight(conv)
-    # 16 taps per (input, output) pair per 2x2 output pixels: 4 per output pixel against the 3x3 conv's 9.
-    assert weight.shape == (7, 5, 4, 4)
-    # Each axis' taps sum to the 3x3 kernel's column sums twice (every tap lands in two phases).
-    assert torch.allclose(weight.sum(dim=(2, 3)), 4 * conv.weight.sum(dim=(2, 3)).T, atol=1e-5)
+    # 4 phases x 2x2 taps per (input, output) pair: 16 per 2x2 output pixels, against 4 x 9 for the 3x3 conv.
+    assert weight.shape == (4 * 5, 7, 2, 2)
+    # Every phase's taps add up to the whole 3x3 kernel: a flat map comes out flat.
+    phase_sums = weight.sum(dim=(2, 3)).view(5, 4, 7)
+    assert torch.allclose(phase_sums, conv.weight.sum(dim=(2, 3))[:, None, :].expand(5, 4, 7), atol=1e-5)
 
 
 def test_transposed_upsampling_is_refused() -> None:
