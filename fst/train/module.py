@@ -30,6 +30,10 @@ CROPS_RNG_KEY = "fst_painting_crops_rng"
 # may move): on_save_checkpoint drops them, on_load_checkpoint puts the live module's back.
 FROZEN_PREFIXES = ("loss.vgg.", "loss.content_vgg.")
 
+# What a model file records about how it was made beyond its own run (an earlier starting
+# point, styles added by `fst add-style`): carried into the init_from record of a model trained on from it.
+LINEAGE_KEYS = ("init_from", "added_styles")
+
 
 def load_initial_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
     """Start ``net`` from the weights of the model file ``spec`` (a path or a model name).
@@ -44,8 +48,11 @@ def load_initial_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
     missing, unexpected = net.load_state_dict(source.state_dict(), strict=False)
     if unexpected:
         raise FstError(f"model.init_from={spec}: {path} has weights this network lacks: {', '.join(unexpected[:4])}")
-    return {"model": path.name, "sha256": file_sha256(path), "steps": meta.get("steps"),
-            "training": meta.get("training"), "new_layers": sorted({k.rsplit(".", 1)[0] for k in missing})}
+    record = {"model": path.name, "sha256": file_sha256(path), "steps": meta.get("steps"),
+              "training": meta.get("training"), "new_layers": sorted({k.rsplit(".", 1)[0] for k in missing})}
+    # The base's own history goes along, so the new file still says how every weight was made.
+    record.update({key: meta[key] for key in LINEAGE_KEYS if meta.get(key)})
+    return record
 
 
 def _check_shapes(net: TransformerNet, source: TransformerNet, path: Path) -> None:

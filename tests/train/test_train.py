@@ -14,9 +14,10 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import VAL_PHOTOS
-from fst.nets.model_file import load_model, read_metadata
+from fst.nets.model_file import load_model, read_metadata, save_model
+from fst.nets.transformer import TransformerNet
 from fst.resources import ASSETS_DIR
-from fst.train.module import FROZEN_PREFIXES, StyleTransferModule
+from fst.train.module import FROZEN_PREFIXES, StyleTransferModule, load_initial_weights
 from fst.train.run import train
 
 ROOT_DIR = Path(__file__).resolve().parents[2]  # the checkout (scripts/, cwd of subprocesses)
@@ -211,6 +212,20 @@ def test_training_on_from_a_model_file_adds_tone_conditioning(compose_cfg, photo
     assert (net.enc1.conv.weight - base_net.enc1.conv.weight).abs().max() < 5e-3
     # The tone parameters moved off zero by about their own lr (1e-2) per step, not the network's 3e-4.
     assert net.tone.scale.abs().max() > 2e-3
+
+
+def test_init_from_carries_the_base_files_history(tmp_path: Path) -> None:
+    """A model trained on from a file whose weights came from elsewhere (an earlier start, a style added
+    by fst add-style) keeps that history under init_from, so every weight's making stays on record."""
+    history = {"init_from": {"model": "first.safetensors", "steps": 600},
+               "added_styles": [{"name": "the_scream", "steps": 500}]}
+    base = save_model(TransformerNet(width=8, num_residual=1), tmp_path / "base.safetensors",
+                      {"steps": 300, "training": {"steps": 300}, **history})
+    record = load_initial_weights(TransformerNet(width=8, num_residual=1), str(base))
+    assert record["model"] == "base.safetensors" and record["steps"] == 300
+    assert record["init_from"] == history["init_from"] and record["added_styles"] == history["added_styles"]
+    plain = save_model(TransformerNet(width=8, num_residual=1), tmp_path / "plain.safetensors", {"steps": 2})
+    assert "init_from" not in load_initial_weights(TransformerNet(width=8, num_residual=1), str(plain))
 
 
 def test_cli_init_from_another_architecture_is_one_line(tmp_path: Path, photo_dir: Path) -> None:
