@@ -23,8 +23,8 @@ Graph kinds, all with dynamic batch, height and width:
   given statistics: the tiles of a large image, all normalised like the whole image.
 
 ``sizes`` is ``x4`` for inputs whose sides are multiples of 4 (both decoder stages double
-exactly) or ``any`` (the last decoder row and column recomputed for odd sizes: about 3 %
-slower, docs/performance.md).
+exactly) or ``any`` (the last decoder row and column of each stage recomputed with the
+original 3x3 kernel, which odd sizes need: a few more operations on two thin strips).
 """
 
 from __future__ import annotations

@@ -12,14 +12,16 @@ into a 2x2 kernel on the low-resolution map, e.g. along one axis
 which is a sub-pixel convolution (Shi et al. 2016): four 2x2 kernels, one per phase,
 interleaved. It is computed as one 2x2 convolution over the edge-padded map to four times the
 output channels (one group per phase), a depth-to-space interleave (pixel shuffle) and a crop
-of one pixel on each side: 16 multiply-adds per output pixel and channel pair where the
-upsampled 3x3 convolution does 36, and the upsampled map is never built. Each phase takes
-its window one padded pixel to the left of the one it writes, so the crop alone aligns them:
-the odd phase of row i reads source rows i, i+1, which is the window whose even phase the
-interleave puts at row 2i + 2; hence the phases swap places in the channel order. The
-same function as a stride-2 transposed convolution with the 4x4 kernel ``[w2, w1+w2, w0+w1,
-w0]`` per axis ran 1.3-1.6x slower in ONNX Runtime on the CPU (its transposed convolution has
-no blocked-layout kernel). At the borders, reflection padding of the upsampled map repeats
+of one pixel on each side: 16 multiply-adds per 2x2 block of output pixels and channel pair
+where the upsampled 3x3 convolution does 36, and the upsampled map is never built. The window
+at padded row p covers source rows p-1 and p, which is what the even phase of output row 2p
+and the odd phase of output row 2p-1 both read. With the odd phase first in the pixel
+shuffle's order they land at rows 2p and 2p+1 of the shuffled map, one row below where they
+belong, and the crop moves them back (the same along columns). The
+same function as a stride-2 transposed convolution (the 4x4 kernel ``[w2, w1+w2, w0+w1, w0]``
+per axis) ran no faster in ONNX Runtime on the CPU than the upsampled 3x3 convolution itself
+(its transposed convolution has no blocked-layout kernel); this form takes 0.66-0.78x the time of
+either (scripts/bench_subpixel.py). At the borders, reflection padding of the upsampled map repeats
 the edge source pixel, which is exactly edge (replicate) padding of the low-resolution map by one.
 
 That holds whenever the target side is twice the source side. The network upsamples to
