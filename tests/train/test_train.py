@@ -229,8 +229,6 @@ def test_init_from_carries_the_base_files_history(tmp_path: Path) -> None:
 
 
 def test_cli_init_from_another_architecture_is_one_line(tmp_path: Path, photo_dir: Path) -> None:
-    from fst.nets import TransformerNet, save_model
-
     other = save_model(TransformerNet(width=4, num_residual=1), tmp_path / "other.safetensors",
                        {"style_name": "x", "style_sha256": None, "loss": {}, "steps": 0})
     line = _one_line_error(_cli(f"model.init_from={other}", f"data.root={photo_dir}", "data.val_count=1", "model.net.width=8",
