@@ -50,13 +50,16 @@ class ResizeConv(nn.Module):
         return self.conv(F.pad(up, (1, 1, 1, 1), mode="reflect"))
 
 
+def transposed_taps(kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """3 taps (w0, w1, w2) along ``dim`` -> the 4 taps of the equivalent stride-2 transposed convolution."""
+    w0, w1, w2 = kernel.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+
 class Transposed(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        w0, w1, w2 = conv.weight.detach().unbind(2)
-        rows = torch.stack([w2, w1 + w2, w0 + w1, w0], 2)
-        c0, c1, c2 = rows.unbind(3)
-        kernel = torch.stack([c2, c1 + c2, c0 + c1, c0], 3)
+        kernel = transposed_taps(transposed_taps(conv.weight.detach(), 2), 3)
         self.conv = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, 4, stride=2, padding=3)
         with torch.no_grad():
             self.conv.weight.copy_(kernel.transpose(0, 1))
